@@ -1,0 +1,301 @@
+/*
+ * backend-posix.c: the "posix" backend: pread/pwrite family, fdatasync,
+ * fallocate, open file description (OFD) locks.
+ *
+ * With AC_FILE_DIRECT the file is opened twice: once with O_DIRECT, used for
+ * requests whose offset and length are aligned to the file's direct-I/O
+ * alignment (through an aligned bounce buffer when the caller's memory is
+ * not aligned), and once without, for the rest.  Linux keeps the page cache
+ * coherent with direct I/O, so both views see the same bytes.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#endif
+
+#include "backend.h"
+#include "iov.h"
+
+#define DIRECT_DEFAULT_ALIGN 4096u
+#define BOUNCE_MAX (1u << 20)
+
+struct posix_file {
+    struct ac_file base;
+    int fd;            /* the file; O_DIRECT when direct */
+    int bfd;           /* buffered twin for unaligned requests, or -1 */
+    unsigned mem_align;
+    unsigned off_align;
+};
+
+static struct posix_file *pf(struct ac_file *f)
+{
+    return (struct posix_file *)f;
+}
+
+static void direct_alignment(struct posix_file *p)
+{
+    p->mem_align = DIRECT_DEFAULT_ALIGN;
+    p->off_align = DIRECT_DEFAULT_ALIGN;
+#if defined(STATX_DIOALIGN)
+    struct statx stx;
+    if (statx(p->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+        (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align != 0) {
+        p->mem_align = stx.stx_dio_mem_align < sizeof(void *) ? sizeof(void *)
+                                                              : stx.stx_dio_mem_align;
+        p->off_align = stx.stx_dio_offset_align;
+    }
+#endif
+}
+
+static int posix_open(const struct ac_backend_ops *ops, const char *path,
+                      unsigned flags, struct ac_file **out)
+{
+    int oflags = O_CLOEXEC | ((flags & AC_FILE_RDWR) ? O_RDWR : O_RDONLY);
+    struct stat st;
+
+    if (flags & AC_FILE_CREATE)
+        oflags |= O_CREAT | ((flags & AC_FILE_EXCL) ? O_EXCL : 0);
+    struct posix_file *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return -ENOMEM;
+    p->base.ops = ops;
+    p->bfd = -1;
+    p->fd = open(path, oflags, 0644);
+    if (p->fd < 0) {
+        int e = errno;
+        free(p);
+        return -e;
+    }
+    if (fstat(p->fd, &st) < 0 || S_ISDIR(st.st_mode)) {
+        int e = S_ISDIR(st.st_mode) ? EISDIR : errno;
+        close(p->fd);
+        free(p);
+        return -e;
+    }
+    if (flags & AC_FILE_DIRECT) {
+        p->bfd = p->fd;
+        p->fd = open(path, (oflags & ~(O_CREAT | O_EXCL)) | O_DIRECT);
+        if (p->fd < 0) {
+            int e = errno;
+            close(p->bfd);
+            free(p);
+            return -e;
+        }
+        direct_alignment(p);
+    }
+    *out = &p->base;
+    return 0;
+}
+
+static void posix_close(struct ac_file *f)
+{
+    struct posix_file *p = pf(f);
+    close(p->fd);
+    if (p->bfd >= 0)
+        close(p->bfd);
+    free(p);
+}
+
+static int is_aligned(uint64_t v, unsigned a)
+{
+    return (v & (a - 1)) == 0;
+}
+
+/* Which descriptor serves this request, and whether it needs a bounce
+ * buffer: 0 = buffered fd, 1 = direct as is, 2 = direct through a bounce. */
+static int direct_route(struct posix_file *p, const struct iovec *iov, int iovcnt,
+                        uint64_t offset)
+{
+    if (p->bfd < 0)
+        return 1;
+    if (!is_aligned(offset, p->off_align))
+        return 0;
+    int mem_ok = 1;
+    for (int i = 0; i < iovcnt; i++) {
+        if (!is_aligned(iov[i].iov_len, p->off_align))
+            return 0;
+        if (!is_aligned((uintptr_t)iov[i].iov_base, p->mem_align))
+            mem_ok = 0;
+    }
+    return mem_ok ? 1 : 2;
+}
+
+static ssize_t bounce_io(struct posix_file *p, const struct iovec *iov, int iovcnt,
+                         uint64_t offset, int write)
+{
+    uint64_t total = ac_iov_size(iov, iovcnt);
+    size_t len = total > BOUNCE_MAX ? BOUNCE_MAX : (size_t)total;
+    void *buf;
+    ssize_t r;
+
+    if (posix_memalign(&buf, p->mem_align, len) != 0)
+        return -ENOMEM;
+    if (write) {
+        ac_iov_to_buf(iov, iovcnt, 0, buf, len);
+        r = pwrite(p->fd, buf, len, (off_t)offset);
+    } else {
+        r = pread(p->fd, buf, len, (off_t)offset);
+        if (r > 0)
+            ac_iov_from_buf(iov, iovcnt, 0, buf, (uint64_t)r);
+    }
+    int e = errno;
+    free(buf);
+    return r < 0 ? -e : r;
+}
+
+static ssize_t posix_preadv(struct ac_file *f, const struct iovec *iov, int iovcnt,
+                            uint64_t offset)
+{
+    struct posix_file *p = pf(f);
+    int route = direct_route(p, iov, iovcnt, offset);
+    if (route == 2)
+        return bounce_io(p, iov, iovcnt, offset, 0);
+    ssize_t r = preadv(route ? p->fd : p->bfd, iov, iovcnt, (off_t)offset);
+    return r < 0 ? -errno : r;
+}
+
+static ssize_t posix_pwritev(struct ac_file *f, const struct iovec *iov, int iovcnt,
+                             uint64_t offset)
+{
+    struct posix_file *p = pf(f);
+    int route = direct_route(p, iov, iovcnt, offset);
+    if (route == 2)
+        return bounce_io(p, iov, iovcnt, offset, 1);
+    ssize_t r = pwritev(route ? p->fd : p->bfd, iov, iovcnt, (off_t)offset);
+    return r < 0 ? -errno : r;
+}
+
+static int posix_flush(struct ac_file *f)
+{
+    return fdatasync(pf(f)->fd) < 0 ? -errno : 0;
+}
+
+static int posix_truncate(struct ac_file *f, uint64_t size)
+{
+    if (size > INT64_MAX)
+        return -EFBIG;
+    return ftruncate(pf(f)->fd, (off_t)size) < 0 ? -errno : 0;
+}
+
+static int64_t posix_size(struct ac_file *f)
+{
+    struct stat st;
+    if (fstat(pf(f)->fd, &st) < 0)
+        return -errno;
+    if (S_ISBLK(st.st_mode)) {
+        off_t end = lseek(pf(f)->fd, 0, SEEK_END);
+        return end < 0 ? -errno : (int64_t)end;
+    }
+    return (int64_t)st.st_size;
+}
+
+static int posix_punch_hole(struct ac_file *f, uint64_t offset, uint64_t length)
+{
+#ifdef FALLOC_FL_PUNCH_HOLE
+    if (fallocate(pf(f)->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)offset, (off_t)length) == 0)
+        return 0;
+    return errno == ENOSYS ? -EOPNOTSUPP : -errno;
+#else
+    (void)f; (void)offset; (void)length;
+    return -EOPNOTSUPP;
+#endif
+}
+
+static int posix_lock(struct ac_file *f, int mode)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof(fl));
+    fl.l_type = mode == AC_LOCK_EXCLUSIVE ? F_WRLCK : F_RDLCK;
+    fl.l_whence = SEEK_SET;
+    if (fcntl(pf(f)->fd, F_OFD_SETLK, &fl) == 0)
+        return 0;
+    if (errno == EAGAIN || errno == EACCES)
+        return -EBUSY;
+    /* A file system without locks (some network ones): proceed unlocked. */
+    if (errno == ENOLCK || errno == EOPNOTSUPP || errno == EINVAL)
+        return 0;
+    return -errno;
+}
+
+static int posix_identity(struct ac_file *f, uint64_t id[2])
+{
+    struct stat st;
+    if (fstat(pf(f)->fd, &st) < 0)
+        return -errno;
+    id[0] = (uint64_t)st.st_dev;
+    id[1] = (uint64_t)st.st_ino;
+    return 0;
+}
+
+/* fsyncs the folder that holds path, so that a new name in it is durable. */
+static int sync_parent_dir(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir;
+    if (slash == NULL)
+        dir = strdup(".");
+    else if (slash == path)
+        dir = strdup("/");
+    else
+        dir = strndup(path, (size_t)(slash - path));
+    if (dir == NULL)
+        return -ENOMEM;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(dir);
+    if (fd < 0)
+        return -errno;
+    int r = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return r == -EINVAL ? 0 : r;
+}
+
+static int posix_rename_noreplace(const struct ac_backend_ops *ops, const char *from,
+                                  const char *to)
+{
+    (void)ops;
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) < 0) {
+        if (errno != EINVAL && errno != ENOSYS)
+            return -errno;
+        /* No RENAME_NOREPLACE here: link() refuses an existing name too. */
+        if (link(from, to) < 0)
+            return -errno;
+        unlink(from);
+    }
+    return sync_parent_dir(to);
+}
+
+static int posix_unlink(const struct ac_backend_ops *ops, const char *path)
+{
+    (void)ops;
+    return unlink(path) < 0 ? -errno : 0;
+}
+
+const struct ac_backend_ops ac_posix_backend = {
+    .version = AC_BACKEND_OPS_VERSION,
+    .name = "posix",
+    .open = posix_open,
+    .close = posix_close,
+    .preadv = posix_preadv,
+    .pwritev = posix_pwritev,
+    .flush = posix_flush,
+    .truncate = posix_truncate,
+    .size = posix_size,
+    .punch_hole = posix_punch_hole,
+    .lock = posix_lock,
+    .identity = posix_identity,
+    .rename_noreplace = posix_rename_noreplace,
+    .unlink = posix_unlink,
+};

@@ -1,0 +1,85 @@
+/*
+ * backend.h: the I/O backend interface.  Every byte the library reads or
+ * writes goes through one of these tables; the posix backend
+ * (backend-posix.c) is the default, tests plug in their own (memory,
+ * fault-injecting, recording), and further backends (io_uring) add a file
+ * and a table.
+ *
+ * Calls return a negative errno on failure.  preadv and pwritev may return
+ * short counts (preadv returns 0 at end of file); ac_file_read_full() and
+ * ac_file_write_full() loop over them.
+ */
+#ifndef AC_BACKEND_H
+#define AC_BACKEND_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+/* ac_backend_ops.open flags */
+#define AC_FILE_RDONLY  0x0u
+#define AC_FILE_RDWR    0x1u
+#define AC_FILE_CREATE  0x2u   /* create if missing */
+#define AC_FILE_EXCL    0x4u   /* with CREATE: fail with -EEXIST if it exists */
+#define AC_FILE_DIRECT  0x8u   /* bypass the page cache (O_DIRECT) */
+
+/* lock modes */
+#define AC_LOCK_SHARED    1
+#define AC_LOCK_EXCLUSIVE 2
+
+struct ac_file;
+
+#define AC_BACKEND_OPS_VERSION 1
+
+struct ac_backend_ops {
+    unsigned version;          /* AC_BACKEND_OPS_VERSION */
+    const char *name;
+
+    /* Opens a local file.  A directory fails with -EISDIR. */
+    int (*open)(const struct ac_backend_ops *ops, const char *path,
+                unsigned flags, struct ac_file **out);
+    void (*close)(struct ac_file *f);
+    ssize_t (*preadv)(struct ac_file *f, const struct iovec *iov, int iovcnt,
+                      uint64_t offset);
+    ssize_t (*pwritev)(struct ac_file *f, const struct iovec *iov, int iovcnt,
+                       uint64_t offset);
+    int (*flush)(struct ac_file *f);                 /* data durable (fdatasync) */
+    int (*truncate)(struct ac_file *f, uint64_t size);
+    int64_t (*size)(struct ac_file *f);
+    /* Deallocates a range so that it reads as zeros; -EOPNOTSUPP if the
+     * file cannot. */
+    int (*punch_hole)(struct ac_file *f, uint64_t offset, uint64_t length);
+    /* Advisory lock on the whole file, held until close; -EBUSY if another
+     * holder conflicts.  NULL: the backend has no locks. */
+    int (*lock)(struct ac_file *f, int mode);
+    /* An identity that is equal for two opens of the same file. */
+    int (*identity)(struct ac_file *f, uint64_t id[2]);
+    /* Renames `from` to `to` unless `to` exists (-EEXIST), durably. */
+    int (*rename_noreplace)(const struct ac_backend_ops *ops, const char *from,
+                            const char *to);
+    int (*unlink)(const struct ac_backend_ops *ops, const char *path);
+};
+
+struct ac_file {
+    const struct ac_backend_ops *ops;
+};
+
+extern const struct ac_backend_ops ac_posix_backend;
+
+/* Reads until len bytes or end of file; returns the bytes read (the rest of
+ * the buffers is left untouched) or a negative errno. */
+int64_t ac_file_read_full(struct ac_file *f, const struct iovec *iov, int iovcnt,
+                          uint64_t offset, uint64_t len);
+/* Writes all len bytes or fails. */
+int ac_file_write_full(struct ac_file *f, const struct iovec *iov, int iovcnt,
+                       uint64_t offset, uint64_t len);
+int64_t ac_file_pread(struct ac_file *f, void *buf, size_t len, uint64_t offset);
+int ac_file_pwrite(struct ac_file *f, const void *buf, size_t len, uint64_t offset);
+
+static inline void ac_file_close(struct ac_file *f)
+{
+    if (f != NULL)
+        f->ops->close(f);
+}
+
+#endif

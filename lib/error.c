@@ -1,0 +1,52 @@
+/*
+ * error.c: per-thread error messages.
+ */
+#include "config.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "error.h"
+
+#define AC_ERRMSG_MAX 2048
+
+static __thread char errmsg[AC_ERRMSG_MAX];
+static __thread const char *current_call = "addcow";
+static __thread int errmsg_fresh;
+
+void ac_enter(const char *call)
+{
+    current_call = call;
+    errmsg_fresh = 0;
+}
+
+const char *ac_error_get(void)
+{
+    return errmsg;
+}
+
+int ac_error_is_set(void)
+{
+    return errmsg_fresh;
+}
+
+int ac_error(int err, const char *fmt, ...)
+{
+    char what[AC_ERRMSG_MAX];
+    char reason[256];
+    va_list ap;
+
+    if (err < 0)
+        err = -err;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    /* GNU strerror_r: thread-safe, may return a static string. */
+    const char *r = strerror_r(err, reason, sizeof(reason));
+    /* Long messages are cut, never overflowed. */
+    if (snprintf(errmsg, sizeof(errmsg), "%s: %s: %s", current_call, what, r) < 0)
+        errmsg[0] = '\0';
+    errmsg_fresh = 1;
+    return -err;
+}

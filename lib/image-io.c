@@ -1,0 +1,455 @@
+/*
+ * image-io.c: reads, writes, write_zeroes, flush and truncate on an open
+ * image, with copy-on-write of partial sectors and the crash-safe ordering
+ * of FORMAT.md ("Crash safety"): data reaches the image file first; the
+ * bits that cover it reach the add-cow file only at flush, after the image
+ * file is durable.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+#include "error.h"
+#include "image.h"
+#include "iov.h"
+
+#define SMALL_IOV 16
+#define ZERO_CHUNK (64u * 1024)          /* bytes of the shared zero buffer */
+#define ZERO_IOVS 16                     /* 1 MiB of zeros per write */
+#define FLUSH_BATCH_BLOCKS 2048u         /* 1 MiB of bitmap bytes per batch */
+#define FLUSH_MAX_RUNS 64
+
+static const unsigned char zero_buf[ZERO_CHUNK] __attribute__((aligned(4096)));
+
+static inline uint64_t sector_floor(uint64_t x)
+{
+    return x & ~(uint64_t)(AC_SECTOR_SIZE - 1);
+}
+
+/* ---- reads ------------------------------------------------------------- */
+
+/* Reads [offset, offset + len) of a file; bytes past its end read as zeros. */
+static int read_zero_filled(struct ac_file *f, const struct iovec *iov, int iovcnt,
+                            uint64_t offset, uint64_t len)
+{
+    int64_t got = ac_file_read_full(f, iov, iovcnt, offset, len);
+    if (got < 0)
+        return (int)got;
+    if ((uint64_t)got < len)
+        ac_iov_memset0(iov, iovcnt, (uint64_t)got, len - (uint64_t)got);
+    return 0;
+}
+
+int ac_image_readv(struct addcow_image *img, const struct iovec *iov, int iovcnt,
+                   uint64_t offset, uint64_t len)
+{
+    struct iovec small[SMALL_IOV], *piece = small;
+    int r = 0;
+
+    if (iovcnt > SMALL_IOV && (piece = malloc(sizeof(*piece) * (size_t)iovcnt)) == NULL)
+        return ac_error(ENOMEM, "reading '%s'", img->path);
+    for (uint64_t pos = 0; pos < len && r == 0;) {
+        uint64_t run;
+        unsigned st = ac_image_status(img, offset + pos, len - pos, &run);
+        int n = ac_iov_slice(iov, iovcnt, pos, run, piece);
+        if (st & ADDCOW_STATUS_ALLOCATED) {
+            r = read_zero_filled(img->imgf, piece, n, offset + pos, run);
+            if (r < 0)
+                r = ac_error(r, "image file '%s': reading %" PRIu64 " bytes at %" PRIu64,
+                             img->image_path, run, offset + pos);
+        } else if (st & ADDCOW_STATUS_ZERO) {
+            ac_iov_memset0(piece, n, 0, run);
+        } else if (img->backing.kind == AC_BK_ADDCOW) {
+            r = ac_image_readv(img->backing.img, piece, n, offset + pos, run);
+        } else {
+            r = read_zero_filled(img->backing.raw, piece, n, offset + pos, run);
+            if (r < 0)
+                r = ac_error(r, "backing file '%s': reading %" PRIu64 " bytes at %" PRIu64,
+                             img->backing_path, run, offset + pos);
+        }
+        pos += run;
+    }
+    if (piece != small)
+        free(piece);
+    return r;
+}
+
+/* ---- writes ------------------------------------------------------------ */
+
+static bool range_allocated(struct addcow_image *img, uint64_t s0, uint64_t s1)
+{
+    pthread_mutex_lock(&img->bm_lock);
+    bool all = ac_bm_all_set(&img->bm, s0, s1 - s0);
+    pthread_mutex_unlock(&img->bm_lock);
+    return all;
+}
+
+static void mark_allocated(struct addcow_image *img, uint64_t s0, uint64_t s1)
+{
+    pthread_mutex_lock(&img->bm_lock);
+    ac_bm_set_range(&img->bm, s0, s1 - s0);
+    pthread_mutex_unlock(&img->bm_lock);
+}
+
+static int write_image_file(struct addcow_image *img, const struct iovec *iov, int iovcnt,
+                            uint64_t offset, uint64_t len)
+{
+    int r = ac_file_write_full(img->imgf, iov, iovcnt, offset, len);
+    if (r < 0)
+        return ac_error(r, "image file '%s': writing %" PRIu64 " bytes at %" PRIu64,
+                        img->image_path, len, offset);
+    return 0;
+}
+
+/* Writes with the sectors [s0, s1) locked, some of them not yet allocated:
+ * the untouched bytes of a partial, unallocated first or last sector are
+ * copied from what the sector reads as now (backing data or zeros), so the
+ * image file gets whole sectors, then the bits are set. */
+static int write_allocating(struct addcow_image *img, const struct iovec *iov, int iovcnt,
+                            uint64_t offset, uint64_t len, uint64_t s0, uint64_t s1)
+{
+    unsigned char cow[2][AC_SECTOR_SIZE] __attribute__((aligned(AC_SECTOR_SIZE)));
+    uint64_t end = offset + len;
+    uint64_t head = offset - (s0 << AC_SECTOR_SHIFT);           /* bytes before offset */
+    uint64_t tail = (s1 << AC_SECTOR_SHIFT) - end;              /* bytes after end */
+    struct iovec small[SMALL_IOV + 2], *v = small;
+    int r = 0, n = 0;
+
+    pthread_mutex_lock(&img->bm_lock);
+    bool head_cow = head != 0 && !ac_bm_test(&img->bm, s0);
+    bool tail_cow = tail != 0 && !ac_bm_test(&img->bm, s1 - 1);
+    pthread_mutex_unlock(&img->bm_lock);
+
+    if (iovcnt > SMALL_IOV && (v = malloc(sizeof(*v) * ((size_t)iovcnt + 2))) == NULL)
+        return ac_error(ENOMEM, "writing '%s'", img->path);
+    if (head_cow) {
+        struct iovec s = { cow[0], AC_SECTOR_SIZE };
+        r = ac_image_readv(img, &s, 1, s0 << AC_SECTOR_SHIFT, AC_SECTOR_SIZE);
+        v[n].iov_base = cow[0];
+        v[n++].iov_len = (size_t)head;
+    }
+    unsigned char *tail_src = cow[1];
+    if (r == 0 && tail_cow) {
+        if (head_cow && s1 - 1 == s0) {
+            tail_src = cow[0];
+        } else {
+            struct iovec s = { cow[1], AC_SECTOR_SIZE };
+            r = ac_image_readv(img, &s, 1, (s1 - 1) << AC_SECTOR_SHIFT, AC_SECTOR_SIZE);
+        }
+    }
+    n += ac_iov_slice(iov, iovcnt, 0, len, v + n);
+    if (tail_cow) {
+        v[n].iov_base = tail_src + AC_SECTOR_SIZE - tail;
+        v[n++].iov_len = (size_t)tail;
+    }
+    if (r == 0) {
+        uint64_t wstart = head_cow ? s0 << AC_SECTOR_SHIFT : offset;
+        uint64_t wlen = len + (head_cow ? head : 0) + (tail_cow ? tail : 0);
+        r = write_image_file(img, v, n, wstart, wlen);
+    }
+    if (r == 0)
+        mark_allocated(img, s0, s1);
+    if (v != small)
+        free(v);
+    return r;
+}
+
+int ac_image_writev(struct addcow_image *img, const struct iovec *iov, int iovcnt,
+                    uint64_t offset, uint64_t len)
+{
+    uint64_t s0 = offset >> AC_SECTOR_SHIFT;
+    uint64_t s1 = (offset + len + AC_SECTOR_SIZE - 1) >> AC_SECTOR_SHIFT;
+    int r;
+
+    if (range_allocated(img, s0, s1)) {
+        /* Bits are only ever set while the handle is shared, so an allocated
+         * range needs no lock: overwrite in place. */
+        r = write_image_file(img, iov, iovcnt, offset, len);
+    } else {
+        struct ac_range lk;
+        ac_rl_lock(&img->rl, &lk, s0, s1);
+        r = write_allocating(img, iov, iovcnt, offset, len, s0, s1);
+        ac_rl_unlock(&img->rl, &lk);
+    }
+    if (r == 0 && img->cache == AC_CACHE_WRITETHROUGH)
+        r = ac_image_flush(img);
+    return r;
+}
+
+/* ---- write_zeroes ------------------------------------------------------ */
+
+/* Writes zeros over [offset, offset + len) through the ordinary write path,
+ * a megabyte at a time. */
+static int write_zero_bytes(struct addcow_image *img, uint64_t offset, uint64_t len)
+{
+    struct iovec v[ZERO_IOVS];
+    for (int i = 0; i < ZERO_IOVS; i++) {
+        v[i].iov_base = (void *)zero_buf;
+        v[i].iov_len = ZERO_CHUNK;
+    }
+    while (len > 0) {
+        uint64_t n = len < (uint64_t)ZERO_CHUNK * ZERO_IOVS ? len
+                                                            : (uint64_t)ZERO_CHUNK * ZERO_IOVS;
+        int r = ac_image_writev(img, v, ZERO_IOVS, offset, n);
+        if (r < 0)
+            return r;
+        offset += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* Frees the image file's blocks of whole sectors [a, b) and marks them
+ * allocated (a hole reads as zeros).  Falls back to writing zeros when the
+ * file cannot punch holes. */
+static int punch_sectors(struct addcow_image *img, uint64_t a, uint64_t b)
+{
+    struct ac_range lk;
+    uint64_t off = a << AC_SECTOR_SHIFT, len = (b - a) << AC_SECTOR_SHIFT;
+
+    ac_rl_lock(&img->rl, &lk, a, b);
+    int r = img->imgf->ops->punch_hole(img->imgf, off, len);
+    if (r == 0)
+        mark_allocated(img, a, b);
+    ac_rl_unlock(&img->rl, &lk);
+    if (r == -EOPNOTSUPP || r == -ENOTSUP)
+        return write_zero_bytes(img, off, len);
+    if (r < 0)
+        return ac_error(r, "image file '%s': punching a hole of %" PRIu64 " bytes at %" PRIu64,
+                        img->image_path, len, off);
+    return 0;
+}
+
+int ac_image_write_zeroes(struct addcow_image *img, uint64_t offset, uint64_t len,
+                          unsigned flags)
+{
+    int r = 0;
+    for (uint64_t pos = offset, end = offset + len; pos < end && r == 0;) {
+        uint64_t run;
+        unsigned st = ac_image_status(img, pos, end - pos, &run);
+        /* Unallocated with no backing data there: already reads as zeros. */
+        if (!(st & ADDCOW_STATUS_ZERO)) {
+            uint64_t a = (pos + AC_SECTOR_SIZE - 1) >> AC_SECTOR_SHIFT;
+            uint64_t b = (pos + run) >> AC_SECTOR_SHIFT;
+            if ((flags & ADDCOW_ZEROES_MAY_UNMAP) && a < b) {
+                r = write_zero_bytes(img, pos, (a << AC_SECTOR_SHIFT) - pos);
+                if (r == 0)
+                    r = punch_sectors(img, a, b);
+                if (r == 0)
+                    r = write_zero_bytes(img, b << AC_SECTOR_SHIFT,
+                                         pos + run - (b << AC_SECTOR_SHIFT));
+            } else {
+                r = write_zero_bytes(img, pos, run);
+            }
+        }
+        pos += run;
+    }
+    if (r == 0 && img->cache == AC_CACHE_WRITETHROUGH)
+        r = ac_image_flush(img);
+    return r;
+}
+
+/* ---- flush ------------------------------------------------------------- */
+
+struct dirty_run {
+    uint64_t block, nblocks;
+};
+
+/* Writes the bytes of the dirty blocks, taken from the bitmap in batches:
+ * each batch is copied (and its dirty marks cleared) before the image file
+ * is made durable, so every bit it writes covers data already on disk. */
+static int flush_locked(struct addcow_image *img)
+{
+    uint64_t from = 0;
+    bool wrote = false;
+    int r;
+
+    for (;;) {
+        struct dirty_run runs[FLUSH_MAX_RUNS];
+        int nruns = 0;
+        uint64_t total = 0;
+        unsigned char *buf = NULL;
+
+        pthread_mutex_lock(&img->bm_lock);
+        uint64_t nbytes = ac_bm_nbytes(&img->bm);
+        while (nruns < FLUSH_MAX_RUNS && total < FLUSH_BATCH_BLOCKS &&
+               ac_bm_next_dirty(&img->bm, from, FLUSH_BATCH_BLOCKS - total,
+                                &runs[nruns].block, &runs[nruns].nblocks)) {
+            from = runs[nruns].block + runs[nruns].nblocks;
+            total += runs[nruns].nblocks;
+            nruns++;
+        }
+        if (nruns > 0) {
+            buf = malloc(total * AC_BM_DIRTY_BLOCK);
+            if (buf == NULL) {
+                pthread_mutex_unlock(&img->bm_lock);
+                return ac_error(ENOMEM, "add-cow file '%s': flushing the bitmap", img->path);
+            }
+            unsigned char *p = buf;
+            for (int i = 0; i < nruns; i++) {
+                size_t n = (size_t)(runs[i].nblocks * AC_BM_DIRTY_BLOCK);
+                ac_bm_store_bytes(&img->bm, runs[i].block * AC_BM_DIRTY_BLOCK, p, n);
+                ac_bm_clear_dirty_blocks(&img->bm, runs[i].block, runs[i].nblocks);
+                p += n;
+            }
+        }
+        pthread_mutex_unlock(&img->bm_lock);
+
+        /* The image file first: the data under the bits just taken. */
+        r = img->imgf->ops->flush(img->imgf);
+        if (r < 0)
+            r = ac_error(r, "image file '%s': flush", img->image_path);
+        unsigned char *p = buf;
+        for (int i = 0; i < nruns && r == 0; i++) {
+            uint64_t boff = runs[i].block * AC_BM_DIRTY_BLOCK;
+            uint64_t n = runs[i].nblocks * AC_BM_DIRTY_BLOCK;
+            if (boff + n > nbytes)
+                n = nbytes - boff;
+            r = ac_file_pwrite(img->acf, p, (size_t)n, AC_HEADER_SIZE + boff);
+            if (r < 0)
+                r = ac_error(r, "add-cow file '%s': writing %" PRIu64 " bitmap bytes at %"
+                             PRIu64, img->path, n, AC_HEADER_SIZE + boff);
+            p += runs[i].nblocks * AC_BM_DIRTY_BLOCK;
+            wrote = true;
+        }
+        free(buf);
+        if (r < 0) {
+            /* Not written: take them up again at the next flush. */
+            pthread_mutex_lock(&img->bm_lock);
+            for (int i = 0; i < nruns; i++)
+                ac_bm_mark_dirty_blocks(&img->bm, runs[i].block, runs[i].nblocks);
+            pthread_mutex_unlock(&img->bm_lock);
+            return r;
+        }
+        if (nruns < FLUSH_MAX_RUNS && total < FLUSH_BATCH_BLOCKS)
+            break;
+    }
+    if (wrote) {
+        r = img->acf->ops->flush(img->acf);
+        if (r < 0) {
+            /* What reached the disk is unknown: write every block again. */
+            pthread_mutex_lock(&img->bm_lock);
+            ac_bm_mark_dirty_blocks(&img->bm, 0, img->bm.ndirty_blocks);
+            pthread_mutex_unlock(&img->bm_lock);
+            return ac_error(r, "add-cow file '%s': flush", img->path);
+        }
+    }
+    return 0;
+}
+
+int ac_image_flush(struct addcow_image *img)
+{
+    if (!img->writable)
+        return 0;
+    pthread_mutex_lock(&img->flush_lock);
+    int r = flush_locked(img);
+    pthread_mutex_unlock(&img->flush_lock);
+    return r;
+}
+
+/* ---- truncate ---------------------------------------------------------- */
+
+static int write_size_field(struct addcow_image *img, uint64_t size)
+{
+    unsigned char be[8];
+    ac_put_be64(be, size);
+    int r = ac_file_pwrite(img->acf, be, sizeof(be), AC_OFF_SIZE);
+    if (r == 0)
+        r = img->acf->ops->flush(img->acf);
+    if (r < 0)
+        return ac_error(r, "add-cow file '%s': writing the new size", img->path);
+    return 0;
+}
+
+static int set_file_length(struct ac_file *f, uint64_t len, const char *what,
+                           const char *name)
+{
+    int r = f->ops->truncate(f, len);
+    if (r < 0)
+        return ac_error(r, "%s '%s': setting its length to %" PRIu64, what, name, len);
+    return 0;
+}
+
+/* Growing: the image file loses anything past the old end (a shrink that
+ * was cut short may have left data there) and is extended with zeros; the
+ * new sectors that the backing file covers are marked allocated, so they
+ * read those zeros, not the backing data; the bitmap is written, and only
+ * then the size: a crash leaves the old size or the new one. */
+static int grow(struct addcow_image *img, uint64_t size)
+{
+    uint64_t old = img->size;
+    int64_t ilen = img->imgf->ops->size(img->imgf);
+    int r;
+
+    if (ilen < 0)
+        return ac_error((int)ilen, "image file '%s': cannot get size", img->image_path);
+    if ((uint64_t)ilen > old &&
+        (r = set_file_length(img->imgf, old, "image file", img->image_path)) < 0)
+        return r;
+    if ((r = set_file_length(img->imgf, size, "image file", img->image_path)) < 0)
+        return r;
+    r = img->imgf->ops->flush(img->imgf);
+    if (r < 0)
+        return ac_error(r, "image file '%s': flush", img->image_path);
+
+    uint64_t s_old = old >> AC_SECTOR_SHIFT, s_new = size >> AC_SECTOR_SHIFT;
+    uint64_t s_back = (img->backing.size + AC_SECTOR_SIZE - 1) >> AC_SECTOR_SHIFT;
+    pthread_mutex_lock(&img->bm_lock);
+    r = ac_bm_resize(&img->bm, s_new);
+    if (r == 0 && s_back > s_old)
+        ac_bm_set_range(&img->bm, s_old, (s_back < s_new ? s_back : s_new) - s_old);
+    pthread_mutex_unlock(&img->bm_lock);
+    if (r < 0)
+        return ac_error(r, "add-cow file '%s': growing the bitmap", img->path);
+
+    r = set_file_length(img->acf, ac_file_length_for_size(size), "add-cow file", img->path);
+    if (r == 0)
+        r = flush_locked(img);
+    if (r == 0)
+        r = write_size_field(img, size);
+    if (r == 0)
+        img->size = size;
+    return r;
+}
+
+/* Shrinking: the size first (the bits past it are then ignored), then the
+ * bitmap's last byte and the files' lengths. */
+static int shrink(struct addcow_image *img, uint64_t size)
+{
+    int r = write_size_field(img, size);
+    if (r < 0)
+        return r;
+    img->size = size;
+    pthread_mutex_lock(&img->bm_lock);
+    r = ac_bm_resize(&img->bm, size >> AC_SECTOR_SHIFT);
+    pthread_mutex_unlock(&img->bm_lock);
+    if (r < 0)
+        return ac_error(r, "add-cow file '%s': shrinking the bitmap", img->path);
+    r = flush_locked(img);
+    if (r == 0)
+        r = set_file_length(img->acf, ac_file_length_for_size(size), "add-cow file", img->path);
+    int64_t ilen = img->imgf->ops->size(img->imgf);
+    if (r == 0 && ilen > 0 && (uint64_t)ilen > size)
+        r = set_file_length(img->imgf, size, "image file", img->image_path);
+    if (r == 0 && (r = img->acf->ops->flush(img->acf)) < 0)
+        r = ac_error(r, "add-cow file '%s': flush", img->path);
+    if (r == 0 && (r = img->imgf->ops->flush(img->imgf)) < 0)
+        r = ac_error(r, "image file '%s': flush", img->image_path);
+    return r;
+}
+
+int ac_image_truncate(struct addcow_image *img, uint64_t size)
+{
+    pthread_mutex_lock(&img->flush_lock);
+    int r = flush_locked(img);
+    if (r == 0 && size > img->size)
+        r = grow(img, size);
+    else if (r == 0 && size < img->size)
+        r = shrink(img, size);
+    pthread_mutex_unlock(&img->flush_lock);
+    return r;
+}

@@ -1,0 +1,75 @@
+/*
+ * image.h: an open add-cow image and the internal calls on it.  The public
+ * layer (api.c) checks arguments and calls these; they assume valid
+ * arguments (offsets inside the disk, non-NULL pointers).
+ */
+#ifndef AC_IMAGE_H
+#define AC_IMAGE_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "addcow.h"
+#include "backend.h"
+#include "bitmap.h"
+#include "options.h"
+#include "rangelock.h"
+
+/* Add-cow images in one chain, the top one included. */
+#define AC_MAX_CHAIN_DEPTH 16
+
+enum ac_backing_kind { AC_BK_NONE = 0, AC_BK_RAW, AC_BK_ADDCOW };
+
+struct ac_backing {
+    enum ac_backing_kind kind;
+    struct ac_file *raw;            /* AC_BK_RAW */
+    struct addcow_image *img;       /* AC_BK_ADDCOW */
+    uint64_t size;                  /* bytes of backing data: file or virtual size */
+};
+
+struct addcow_image {
+    char *path;                     /* the add-cow file, as given */
+    char *backing_stored;           /* header field; NULL: none */
+    char *image_stored;             /* header field */
+    char *image_path;               /* resolved */
+    char *backing_path;             /* resolved; NULL: none */
+    const struct ac_backend_ops *ops;
+    struct ac_file *acf;            /* the add-cow file */
+    struct ac_file *imgf;           /* the image file */
+    struct ac_backing backing;
+    uint64_t size;                  /* virtual size, a multiple of 512 */
+    bool writable;
+    enum ac_cache_mode cache;
+
+    pthread_mutex_t bm_lock;        /* guards bm; never held across I/O */
+    struct ac_bitmap bm;
+    pthread_mutex_t flush_lock;     /* one flush at a time */
+    struct ac_rangelock rl;         /* allocating writes, by sector */
+};
+
+const struct ac_backend_ops *ac_select_backend(const struct addcow_options *o);
+
+int ac_image_create(const char *path, uint64_t size, const char *backing_file,
+                    const char *image_file, const struct addcow_options *o);
+int ac_image_open(const char *path, unsigned flags, const struct addcow_options *o,
+                  struct addcow_image **out);
+int ac_image_close(struct addcow_image *img);
+
+/* Data: offset + len <= size, len > 0. */
+int ac_image_readv(struct addcow_image *img, const struct iovec *iov, int iovcnt,
+                   uint64_t offset, uint64_t len);
+int ac_image_writev(struct addcow_image *img, const struct iovec *iov, int iovcnt,
+                    uint64_t offset, uint64_t len);
+int ac_image_write_zeroes(struct addcow_image *img, uint64_t offset, uint64_t len,
+                          unsigned flags);
+int ac_image_flush(struct addcow_image *img);
+int ac_image_truncate(struct addcow_image *img, uint64_t size);
+
+/* Allocation walk (alloc.c): offset < size, len > 0, offset + len <= size. */
+unsigned ac_image_status(struct addcow_image *img, uint64_t offset, uint64_t len,
+                         uint64_t *run);
+uint64_t ac_image_allocated_bytes(struct addcow_image *img);
+
+#endif

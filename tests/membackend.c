@@ -1,0 +1,3 @@
+/* membackend.c: being written. */
+#include "config.h"
+#include "membackend.h"

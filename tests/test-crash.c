@@ -1,0 +1,5 @@
+/* Placeholder: this test is being written. */
+int main(void)
+{
+    return 77;
+}
