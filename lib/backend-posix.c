@@ -72,14 +72,24 @@ static int posix_open(const struct ac_backend_ops *ops, const char *path,
         return -ENOMEM;
     p->base.ops = ops;
     p->bfd = -1;
-    p->fd = open(path, oflags, 0644);
+    /* O_NONBLOCK so that a FIFO named by a hostile header cannot hang the
+     * open; only regular files and block devices are accepted. */
+    p->fd = open(path, oflags | O_NONBLOCK, 0644);
     if (p->fd < 0) {
         int e = errno;
         free(p);
         return -e;
     }
-    if (fstat(p->fd, &st) < 0 || S_ISDIR(st.st_mode)) {
-        int e = S_ISDIR(st.st_mode) ? EISDIR : errno;
+    int e = 0;
+    if (fstat(p->fd, &st) < 0)
+        e = errno;
+    else if (S_ISDIR(st.st_mode))
+        e = EISDIR;
+    else if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+        e = EINVAL;     /* a FIFO, socket or character device is no disk */
+    else if (fcntl(p->fd, F_SETFL, fcntl(p->fd, F_GETFL) & ~O_NONBLOCK) < 0)
+        e = errno;
+    if (e != 0) {
         close(p->fd);
         free(p);
         return -e;
@@ -88,7 +98,7 @@ static int posix_open(const struct ac_backend_ops *ops, const char *path,
         p->bfd = p->fd;
         p->fd = open(path, (oflags & ~(O_CREAT | O_EXCL)) | O_DIRECT);
         if (p->fd < 0) {
-            int e = errno;
+            e = errno;
             close(p->bfd);
             free(p);
             return -e;
