@@ -353,15 +353,21 @@ int ac_image_flush(struct addcow_image *img)
 
 /* ---- truncate ---------------------------------------------------------- */
 
+/* Writes the header's size field and makes it durable.  Once the write
+ * itself has succeeded the file may hold the new size, even if the flush
+ * then fails: the handle takes the new size at that point, so that it never
+ * disagrees with what a later flush or close makes durable. */
 static int write_size_field(struct addcow_image *img, uint64_t size)
 {
     unsigned char be[8];
     ac_put_be64(be, size);
     int r = ac_file_pwrite(img->acf, be, sizeof(be), AC_OFF_SIZE);
-    if (r == 0)
-        r = img->acf->ops->flush(img->acf);
     if (r < 0)
         return ac_error(r, "add-cow file '%s': writing the new size", img->path);
+    img->size = size;
+    r = img->acf->ops->flush(img->acf);
+    if (r < 0)
+        return ac_error(r, "add-cow file '%s': flush after writing the new size", img->path);
     return 0;
 }
 
@@ -411,8 +417,6 @@ static int grow(struct addcow_image *img, uint64_t size)
         r = flush_locked(img);
     if (r == 0)
         r = write_size_field(img, size);
-    if (r == 0)
-        img->size = size;
     return r;
 }
 
@@ -421,14 +425,15 @@ static int grow(struct addcow_image *img, uint64_t size)
 static int shrink(struct addcow_image *img, uint64_t size)
 {
     int r = write_size_field(img, size);
+    if (img->size != size)
+        return r;               /* the size was not written: nothing changed */
+    pthread_mutex_lock(&img->bm_lock);
+    int rr = ac_bm_resize(&img->bm, size >> AC_SECTOR_SHIFT);
+    pthread_mutex_unlock(&img->bm_lock);
+    if (rr < 0)
+        return ac_error(rr, "add-cow file '%s': shrinking the bitmap", img->path);
     if (r < 0)
         return r;
-    img->size = size;
-    pthread_mutex_lock(&img->bm_lock);
-    r = ac_bm_resize(&img->bm, size >> AC_SECTOR_SHIFT);
-    pthread_mutex_unlock(&img->bm_lock);
-    if (r < 0)
-        return ac_error(r, "add-cow file '%s': shrinking the bitmap", img->path);
     r = flush_locked(img);
     if (r == 0)
         r = set_file_length(img->acf, ac_file_length_for_size(size), "add-cow file", img->path);

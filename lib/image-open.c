@@ -103,14 +103,20 @@ static int open_chain(const char *path, struct ac_file *already, unsigned flags,
                       const struct addcow_options *o, enum ac_backing_format bfmt,
                       const struct ac_chain *up, struct addcow_image **out);
 
-/* Reads the first bytes of a backing file and tells whether it is add-cow. */
-static int backing_is_addcow(struct ac_file *f, enum ac_backing_format fmt)
+/* Reads the first bytes of a backing file and tells whether it is add-cow:
+ * 1 add-cow, 0 raw, or a negative errno when it cannot be read (never
+ * guess "raw" on a read error: that would show a header as disk data). */
+static int backing_is_addcow(struct ac_file *f, enum ac_backing_format fmt,
+                             const char *name)
 {
     unsigned char buf[16];
     if (fmt != AC_BFMT_AUTO)
         return fmt == AC_BFMT_ADDCOW;
     int64_t n = ac_file_pread(f, buf, sizeof(buf), 0);
-    return n > 0 && ac_header_probe(buf, (size_t)n);
+    if (n < 0)
+        return ac_error((int)n, "backing file '%s': reading its first bytes to probe "
+                        "its format", name);
+    return ac_header_probe(buf, (size_t)n);
 }
 
 static int open_backing(struct addcow_image *img, const struct addcow_options *o,
@@ -146,7 +152,12 @@ static int open_backing(struct addcow_image *img, const struct addcow_options *o
         return ac_error(EINVAL, "backing file '%s' (from header of '%s') is the same file "
                         "as the image file '%s'", img->backing_path, img->path, dup->name);
     }
-    if (backing_is_addcow(f, bfmt)) {
+    int is_addcow = backing_is_addcow(f, bfmt, img->backing_path);
+    if (is_addcow < 0) {
+        ac_file_close(f);
+        return is_addcow;
+    }
+    if (is_addcow) {
         if (chain_depth(here) >= AC_MAX_CHAIN_DEPTH) {
             ac_file_close(f);
             return ac_error(ELOOP, "backing file '%s' (from header of '%s'): the backing "
@@ -395,7 +406,12 @@ static int backing_size_for_create(const char *backing_path, const struct addcow
     int r = ops->open(ops, backing_path, AC_FILE_RDONLY, &f);
     if (r < 0)
         return ac_error(r, "backing file '%s'", backing_path);
-    if (backing_is_addcow(f, o->backing_format)) {
+    int is_addcow = backing_is_addcow(f, o->backing_format, backing_path);
+    if (is_addcow < 0) {
+        ac_file_close(f);
+        return is_addcow;
+    }
+    if (is_addcow) {
         struct addcow_image *b;
         struct addcow_options ro = *o;
         ro.cache = AC_CACHE_WRITEBACK;
