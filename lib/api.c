@@ -174,6 +174,8 @@ static int check_write(addcow_image *img, uint64_t offset, uint64_t len, const c
 {
     if (!img->writable)
         return ac_error(EBADF, "'%s' is open read-only", img->path);
+    if (len == 0)
+        return 0;       /* zero-length writes succeed and do nothing, anywhere */
     if (offset > img->size || len > img->size - offset)
         return ac_error(ENOSPC, "%s of %" PRIu64 " bytes at %" PRIu64 " reaches past the "
                         "end of '%s' (virtual size %" PRIu64 ")", what, len, offset,

@@ -406,6 +406,10 @@ static int backing_size_for_create(const char *backing_path, const struct addcow
     int r = ops->open(ops, backing_path, AC_FILE_RDONLY, &f);
     if (r < 0)
         return ac_error(r, "backing file '%s'", backing_path);
+    if (size == NULL) {         /* a size was given: it only has to exist */
+        ac_file_close(f);
+        return 0;
+    }
     int is_addcow = backing_is_addcow(f, o->backing_format, backing_path);
     if (is_addcow < 0) {
         ac_file_close(f);
@@ -415,6 +419,7 @@ static int backing_size_for_create(const char *backing_path, const struct addcow
         struct addcow_image *b;
         struct addcow_options ro = *o;
         ro.cache = AC_CACHE_WRITEBACK;
+        ro.locking = 0;         /* only its size is read, once */
         r = open_chain(backing_path, f, ADDCOW_OPEN_RDONLY, &ro, AC_BFMT_AUTO, NULL, &b);
         if (r < 0)
             return r;
@@ -476,7 +481,7 @@ int ac_image_create(const char *path, uint64_t size, const char *backing_file,
             r = ac_error(ENOMEM, "creating '%s'", path);
             goto out;
         }
-        r = backing_size_for_create(backing_path, o, &bsize);
+        r = backing_size_for_create(backing_path, o, size == 0 ? &bsize : NULL);
         if (r < 0)
             goto out;
         if (size == 0)
@@ -553,6 +558,18 @@ int ac_image_create(const char *path, uint64_t size, const char *backing_file,
     ac_file_close(tf);
     tf = NULL;
     r = ops->rename_noreplace(ops, tmp, path);
+    if (r == -EEXIST && ops->open(ops, path, AC_FILE_RDONLY, &f) == 0) {
+        /* Taken since the first check: by the image file we just made? */
+        uint64_t a[2], b[2];
+        int same = f->ops->identity(f, a) == 0 && imgf->ops->identity(imgf, b) == 0 &&
+                   a[0] == b[0] && a[1] == b[1];
+        ac_file_close(f);
+        if (same) {
+            r = ac_error(EINVAL, "image file '%s' is the add-cow file '%s' itself",
+                         image_path, path);
+            goto out;
+        }
+    }
     if (r < 0) {
         r = ac_error(r, "add-cow file '%s'", path);
         goto out;
