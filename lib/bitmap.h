@@ -57,7 +57,8 @@ static inline bool ac_bm_test(const struct ac_bitmap *bm, uint64_t n)
 uint64_t ac_bm_set_range(struct ac_bitmap *bm, uint64_t start, uint64_t count);
 uint64_t ac_bm_clear_range(struct ac_bitmap *bm, uint64_t start, uint64_t count);
 
-/* The first set (or clear) bit in [start, end), or end if there is none. */
+/* The first set (or clear) bit in [start, end), or end if there is none;
+ * end is first cut to nbits. */
 uint64_t ac_bm_find_next_set(const struct ac_bitmap *bm, uint64_t start, uint64_t end);
 uint64_t ac_bm_find_next_clear(const struct ac_bitmap *bm, uint64_t start, uint64_t end);
 
