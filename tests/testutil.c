@@ -90,6 +90,8 @@ unsigned char *tu_read_file(const char *path, size_t *len)
         got += (size_t)n;
     }
     close(fd);
+    if (buf != NULL)
+        buf[got] = '\0';       /* text files can be used as C strings */
     if (len != NULL)
         *len = got;
     return buf;

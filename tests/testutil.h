@@ -17,7 +17,8 @@ char *tu_path(const char *name);
 
 /* Writes `len` bytes to a new file (truncating an old one). 0 or -errno. */
 int tu_write_file(const char *path, const void *buf, size_t len);
-/* Reads a whole file; *len gets its length.  NULL on error.  free() it. */
+/* Reads a whole file, with a NUL after its last byte; *len gets its length.
+ * NULL on error.  free() it. */
 unsigned char *tu_read_file(const char *path, size_t *len);
 /* Length of a file, or -errno. */
 int64_t tu_file_size(const char *path);
