@@ -158,6 +158,15 @@ static int check_iov(const struct iovec *iov, int iovcnt, uint64_t *total)
     return 0;
 }
 
+static int check_buf(const void *buf, size_t count)
+{
+    if (buf == NULL && count > 0)
+        return ac_error(EINVAL, "buffer is NULL");
+    if (count > INT64_MAX)
+        return ac_error(EINVAL, "count %zu is larger than 2^63 - 1", count);
+    return 0;
+}
+
 static int64_t do_read(addcow_image *img, const struct iovec *iov, int iovcnt,
                        uint64_t total, uint64_t offset)
 {
@@ -199,10 +208,9 @@ ADDCOW_API int64_t addcow_pread(addcow_image *img, void *buf, size_t count, uint
 {
     ENTER();
     CHECK_IMG(img);
-    if (buf == NULL && count > 0)
-        return ac_error(EINVAL, "buffer is NULL");
-    if (count > INT64_MAX)
-        return ac_error(EINVAL, "count %zu is larger than 2^63 - 1", count);
+    int r = check_buf(buf, count);
+    if (r < 0)
+        return r;
     struct iovec v = { buf, count };
     return do_read(img, &v, 1, count, offset);
 }
@@ -212,10 +220,9 @@ ADDCOW_API int64_t addcow_pwrite(addcow_image *img, const void *buf, size_t coun
 {
     ENTER();
     CHECK_IMG(img);
-    if (buf == NULL && count > 0)
-        return ac_error(EINVAL, "buffer is NULL");
-    if (count > INT64_MAX)
-        return ac_error(EINVAL, "count %zu is larger than 2^63 - 1", count);
+    int r = check_buf(buf, count);
+    if (r < 0)
+        return r;
     struct iovec v = { (void *)buf, count };
     return do_write(img, &v, 1, count, offset);
 }

@@ -165,26 +165,29 @@ static ssize_t bounce_io(struct posix_file *p, const struct iovec *iov, int iovc
     return r < 0 ? -e : r;
 }
 
-static ssize_t posix_preadv(struct ac_file *f, const struct iovec *iov, int iovcnt,
-                            uint64_t offset)
+static ssize_t posix_rw(struct ac_file *f, const struct iovec *iov, int iovcnt,
+                        uint64_t offset, int write)
 {
     struct posix_file *p = pf(f);
     int route = direct_route(p, iov, iovcnt, offset);
     if (route == 2)
-        return bounce_io(p, iov, iovcnt, offset, 0);
-    ssize_t r = preadv(route ? p->fd : p->bfd, iov, iovcnt, (off_t)offset);
+        return bounce_io(p, iov, iovcnt, offset, write);
+    int fd = route ? p->fd : p->bfd;
+    ssize_t r = write ? pwritev(fd, iov, iovcnt, (off_t)offset)
+                      : preadv(fd, iov, iovcnt, (off_t)offset);
     return r < 0 ? -errno : r;
+}
+
+static ssize_t posix_preadv(struct ac_file *f, const struct iovec *iov, int iovcnt,
+                            uint64_t offset)
+{
+    return posix_rw(f, iov, iovcnt, offset, 0);
 }
 
 static ssize_t posix_pwritev(struct ac_file *f, const struct iovec *iov, int iovcnt,
                              uint64_t offset)
 {
-    struct posix_file *p = pf(f);
-    int route = direct_route(p, iov, iovcnt, offset);
-    if (route == 2)
-        return bounce_io(p, iov, iovcnt, offset, 1);
-    ssize_t r = pwritev(route ? p->fd : p->bfd, iov, iovcnt, (off_t)offset);
-    return r < 0 ? -errno : r;
+    return posix_rw(f, iov, iovcnt, offset, 1);
 }
 
 static int posix_flush(struct ac_file *f)

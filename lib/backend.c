@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdlib.h>
 
 #include "backend.h"
@@ -13,8 +14,10 @@
 
 #define SMALL_IOV 16
 
-int64_t ac_file_read_full(struct ac_file *f, const struct iovec *iov, int iovcnt,
-                          uint64_t offset, uint64_t len)
+/* Repeats preadv or pwritev until len bytes are done, end of file (reads),
+ * or an error.  Returns the bytes done or a negative errno. */
+static int64_t transfer_full(struct ac_file *f, const struct iovec *iov, int iovcnt,
+                             uint64_t offset, uint64_t len, bool write)
 {
     struct iovec small[SMALL_IOV], *piece = small;
     uint64_t done = 0;
@@ -24,15 +27,20 @@ int64_t ac_file_read_full(struct ac_file *f, const struct iovec *iov, int iovcnt
         return -ENOMEM;
     while (done < len) {
         int n = ac_iov_slice(iov, iovcnt, done, len - done, piece);
-        ssize_t r = f->ops->preadv(f, piece, n > IOV_MAX ? IOV_MAX : n, offset + done);
+        if (n > IOV_MAX)
+            n = IOV_MAX;
+        ssize_t r = write ? f->ops->pwritev(f, piece, n, offset + done)
+                          : f->ops->preadv(f, piece, n, offset + done);
         if (r == -EINTR)
             continue;
         if (r < 0) {
             ret = r;
             break;
         }
-        if (r == 0)
+        if (r == 0) {
+            ret = write ? -EIO : 0;    /* a write that makes no progress */
             break;
+        }
         done += (uint64_t)r;
     }
     if (piece != small)
@@ -40,33 +48,17 @@ int64_t ac_file_read_full(struct ac_file *f, const struct iovec *iov, int iovcnt
     return ret < 0 ? ret : (int64_t)done;
 }
 
+int64_t ac_file_read_full(struct ac_file *f, const struct iovec *iov, int iovcnt,
+                          uint64_t offset, uint64_t len)
+{
+    return transfer_full(f, iov, iovcnt, offset, len, false);
+}
+
 int ac_file_write_full(struct ac_file *f, const struct iovec *iov, int iovcnt,
                        uint64_t offset, uint64_t len)
 {
-    struct iovec small[SMALL_IOV], *piece = small;
-    uint64_t done = 0;
-    int ret = 0;
-
-    if (iovcnt > SMALL_IOV && (piece = malloc(sizeof(*piece) * (size_t)iovcnt)) == NULL)
-        return -ENOMEM;
-    while (done < len) {
-        int n = ac_iov_slice(iov, iovcnt, done, len - done, piece);
-        ssize_t r = f->ops->pwritev(f, piece, n > IOV_MAX ? IOV_MAX : n, offset + done);
-        if (r == -EINTR)
-            continue;
-        if (r < 0) {
-            ret = (int)r;
-            break;
-        }
-        if (r == 0) {
-            ret = -EIO;
-            break;
-        }
-        done += (uint64_t)r;
-    }
-    if (piece != small)
-        free(piece);
-    return ret;
+    int64_t r = transfer_full(f, iov, iovcnt, offset, len, true);
+    return r < 0 ? (int)r : 0;
 }
 
 int64_t ac_file_pread(struct ac_file *f, void *buf, size_t len, uint64_t offset)

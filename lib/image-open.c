@@ -49,6 +49,14 @@ const struct ac_backend_ops *ac_select_backend(const struct addcow_options *o)
     return &ac_posix_backend;
 }
 
+/* True if two open files are the same file (an identity error: false). */
+static bool same_file(struct ac_file *a, struct ac_file *b)
+{
+    uint64_t ia[2], ib[2];
+    return a->ops->identity(a, ia) == 0 && b->ops->identity(b, ib) == 0 &&
+           ia[0] == ib[0] && ia[1] == ib[1];
+}
+
 /* Checks a stored path against the protocol rule and the "paths" policy.
  * `what` names the field ("image file", "backing file"). */
 static int check_stored_path(const char *what, const char *stored, const char *addcow,
@@ -501,10 +509,8 @@ int ac_image_create(const char *path, uint64_t size, const char *backing_file,
     }
     if (backing_path != NULL) {
         struct ac_file *bf;
-        uint64_t a[2], b[2];
         if (ops->open(ops, backing_path, AC_FILE_RDONLY, &bf) == 0) {
-            int same = imgf->ops->identity(imgf, a) == 0 && bf->ops->identity(bf, b) == 0 &&
-                       a[0] == b[0] && a[1] == b[1];
+            bool same = same_file(imgf, bf);
             ac_file_close(bf);
             if (same) {
                 r = ac_error(EINVAL, "image file '%s' is the backing file '%s'",
@@ -560,9 +566,7 @@ int ac_image_create(const char *path, uint64_t size, const char *backing_file,
     r = ops->rename_noreplace(ops, tmp, path);
     if (r == -EEXIST && ops->open(ops, path, AC_FILE_RDONLY, &f) == 0) {
         /* Taken since the first check: by the image file we just made? */
-        uint64_t a[2], b[2];
-        int same = f->ops->identity(f, a) == 0 && imgf->ops->identity(imgf, b) == 0 &&
-                   a[0] == b[0] && a[1] == b[1];
+        bool same = same_file(f, imgf);
         ac_file_close(f);
         if (same) {
             r = ac_error(EINVAL, "image file '%s' is the add-cow file '%s' itself",
