@@ -72,3 +72,36 @@ int ac_file_pwrite(struct ac_file *f, const void *buf, size_t len, uint64_t offs
     struct iovec v = { (void *)buf, len };
     return ac_file_write_full(f, &v, 1, offset, len);
 }
+
+int ac_submit(struct ac_req *reqs, int n)
+{
+    if (n <= 0)
+        return 0;
+    const struct ac_backend_ops *ops = reqs[0].file->ops;
+    bool cancel = false;
+
+    if (ops->submit != NULL) {
+        int r = ops->submit(ops, reqs, n);
+        if (r < 0)
+            return r;
+    } else {
+        for (int i = 0; i < n; i++) {
+            struct ac_req *q = &reqs[i];
+            if (cancel) {
+                q->result = -ECANCELED;
+            } else if (q->op == AC_REQ_READ) {
+                q->result = ac_file_read_full(q->file, q->iov, q->iovcnt, q->offset, q->len);
+            } else if (q->op == AC_REQ_WRITE) {
+                q->result = ac_file_write_full(q->file, q->iov, q->iovcnt, q->offset, q->len);
+            } else {
+                q->result = q->file->ops->flush(q->file);
+            }
+            /* A chain ends at the first request without the link flag. */
+            cancel = (q->flags & AC_REQ_LINK) && (cancel || q->result < 0);
+        }
+    }
+    for (int i = 0; i < n; i++)
+        if (reqs[i].result < 0)
+            return (int)reqs[i].result;
+    return 0;
+}

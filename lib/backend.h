@@ -29,6 +29,28 @@
 
 struct ac_file;
 
+/* A request of a batch (ac_submit). */
+#define AC_REQ_READ   0
+#define AC_REQ_WRITE  1
+#define AC_REQ_FLUSH  2     /* make the file's data durable (fdatasync) */
+
+/* The next request of the batch starts only after this one has succeeded
+ * (completely); if this one fails, the rest of the chain is cancelled. */
+#define AC_REQ_LINK   0x1u
+
+struct ac_req {
+    struct ac_file *file;
+    int op;                         /* AC_REQ_* */
+    unsigned flags;                 /* AC_REQ_LINK */
+    const struct iovec *iov;        /* READ/WRITE: the buffers */
+    int iovcnt;
+    uint64_t offset;
+    uint64_t len;                   /* READ/WRITE: bytes, the sum of iov */
+    int64_t result;                 /* out: READ: bytes read (short only at end of
+                                     * file); WRITE/FLUSH: 0; or -errno;
+                                     * -ECANCELED when a link before it failed */
+};
+
 #define AC_BACKEND_OPS_VERSION 1
 
 struct ac_backend_ops {
@@ -58,6 +80,18 @@ struct ac_backend_ops {
     int (*rename_noreplace)(const struct ac_backend_ops *ops, const char *from,
                             const char *to);
     int (*unlink)(const struct ac_backend_ops *ops, const char *path);
+
+    /* Optional.  Runs a batch of requests on files of this backend, all at
+     * once where it can (one system call for the lot), honouring
+     * AC_REQ_LINK; fills in each result.  Returns 0 when every request ran
+     * (look at the results), or a negative errno when the batch could not
+     * be run at all.  NULL: ac_submit() runs them one by one. */
+    int (*submit)(const struct ac_backend_ops *ops, struct ac_req *reqs, int n);
+
+    /* Optional.  The offset of the first byte at or after `offset` that is
+     * not in a hole (SEEK_DATA), or the file size if there is none; NULL:
+     * holes are unknown. */
+    int64_t (*next_data)(struct ac_file *f, uint64_t offset);
 };
 
 struct ac_file {
@@ -74,6 +108,12 @@ int64_t ac_file_read_full(struct ac_file *f, const struct iovec *iov, int iovcnt
 int ac_file_write_full(struct ac_file *f, const struct iovec *iov, int iovcnt,
                        uint64_t offset, uint64_t len);
 int64_t ac_file_pread(struct ac_file *f, void *buf, size_t len, uint64_t offset);
+
+/* Runs a batch through its backend's submit op, or one request at a time
+ * (full reads and writes, links honoured).  Every request's file must
+ * belong to the same backend.  Returns 0 if all requests succeeded, else
+ * the first failed request's result (the results say which). */
+int ac_submit(struct ac_req *reqs, int n);
 int ac_file_pwrite(struct ac_file *f, const void *buf, size_t len, uint64_t offset);
 
 static inline void ac_file_close(struct ac_file *f)

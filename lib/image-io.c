@@ -32,49 +32,107 @@ static inline uint64_t sector_floor(uint64_t x)
 
 /* ---- reads ------------------------------------------------------------- */
 
-/* Reads [offset, offset + len) of a file; bytes past its end read as zeros. */
-static int read_zero_filled(struct ac_file *f, const struct iovec *iov, int iovcnt,
-                            uint64_t offset, uint64_t len)
+/* A batch of reads: one request per run that reads from a file, submitted
+ * together (one system call for all of them where the backend can). */
+#define READ_BATCH_SMALL 8
+#define READ_BATCH_LARGE 256
+
+struct read_batch {
+    struct ac_req *reqs;
+    struct iovec *pool;         /* the requests' iovec slices */
+    int n, cap, pool_used;
+};
+
+/* Submits the batch; a run that ends past its file's end reads zeros
+ * there. */
+static int read_batch_run(struct addcow_image *img, struct read_batch *b)
 {
-    int64_t got = ac_file_read_full(f, iov, iovcnt, offset, len);
-    if (got < 0)
-        return (int)got;
-    if ((uint64_t)got < len)
-        ac_iov_memset0(iov, iovcnt, (uint64_t)got, len - (uint64_t)got);
+    if (b->n == 0)
+        return 0;
+    ac_submit(b->reqs, b->n);
+    for (int i = 0; i < b->n; i++) {
+        struct ac_req *q = &b->reqs[i];
+        if (q->result < 0) {
+            bool image = q->file == img->imgf;
+            return ac_error((int)q->result, "%s '%s': reading %" PRIu64 " bytes at %" PRIu64,
+                            image ? "image file" : "backing file",
+                            image ? img->image_path : img->backing_path, q->len, q->offset);
+        }
+        if ((uint64_t)q->result < q->len)
+            ac_iov_memset0(q->iov, q->iovcnt, (uint64_t)q->result,
+                           q->len - (uint64_t)q->result);
+    }
+    b->n = 0;
+    b->pool_used = 0;
     return 0;
 }
 
 int ac_image_readv(struct addcow_image *img, const struct iovec *iov, int iovcnt,
                    uint64_t offset, uint64_t len)
 {
-    struct iovec small[SMALL_IOV], *piece = small;
+    struct ac_req small_reqs[READ_BATCH_SMALL];
+    struct iovec small_pool[SMALL_IOV + READ_BATCH_SMALL];
+    struct read_batch b = { small_reqs, small_pool, 0, READ_BATCH_SMALL, 0 };
+    void *heap = NULL;
     int r = 0;
 
-    if (iovcnt > SMALL_IOV && (piece = malloc(sizeof(*piece) * (size_t)iovcnt)) == NULL)
-        return ac_error(ENOMEM, "reading '%s'", img->path);
+    if (iovcnt > SMALL_IOV) {
+        /* Room for every slice: the runs of a batch cover at most
+         * iovcnt + cap - 1 iovec pieces. */
+        heap = malloc(sizeof(struct iovec) * ((size_t)iovcnt + READ_BATCH_SMALL));
+        if (heap == NULL)
+            return ac_error(ENOMEM, "reading '%s'", img->path);
+        b.pool = heap;
+    }
     for (uint64_t pos = 0; pos < len && r == 0;) {
         uint64_t run;
         unsigned st = ac_image_status(img, offset + pos, len - pos, &run);
-        int n = ac_iov_slice(iov, iovcnt, pos, run, piece);
-        if (st & ADDCOW_STATUS_ALLOCATED) {
-            r = read_zero_filled(img->imgf, piece, n, offset + pos, run);
-            if (r < 0)
-                r = ac_error(r, "image file '%s': reading %" PRIu64 " bytes at %" PRIu64,
-                             img->image_path, run, offset + pos);
-        } else if (st & ADDCOW_STATUS_ZERO) {
-            ac_iov_memset0(piece, n, 0, run);
-        } else if (img->backing.kind == AC_BK_ADDCOW) {
-            r = ac_image_readv(img->backing.img, piece, n, offset + pos, run);
+        if (st & ADDCOW_STATUS_ZERO) {
+            struct iovec *tmp = b.pool + b.pool_used;
+            int n = ac_iov_slice(iov, iovcnt, pos, run, tmp);
+            ac_iov_memset0(tmp, n, 0, run);
+        } else if (!(st & ADDCOW_STATUS_ALLOCATED) && img->backing.kind == AC_BK_ADDCOW) {
+            struct iovec *tmp = b.pool + b.pool_used;
+            int n = ac_iov_slice(iov, iovcnt, pos, run, tmp);
+            r = ac_image_readv(img->backing.img, tmp, n, offset + pos, run);
         } else {
-            r = read_zero_filled(img->backing.raw, piece, n, offset + pos, run);
-            if (r < 0)
-                r = ac_error(r, "backing file '%s': reading %" PRIu64 " bytes at %" PRIu64,
-                             img->backing_path, run, offset + pos);
+            if (b.n == b.cap) {
+                if (b.cap == READ_BATCH_SMALL) {
+                    /* Many runs: move to a large batch (one allocation). */
+                    r = read_batch_run(img, &b);
+                    if (r < 0)
+                        break;
+                    void *big = malloc(sizeof(struct ac_req) * READ_BATCH_LARGE +
+                                       sizeof(struct iovec) * ((size_t)iovcnt + READ_BATCH_LARGE));
+                    if (big == NULL) {
+                        r = ac_error(ENOMEM, "reading '%s'", img->path);
+                        break;
+                    }
+                    free(heap);
+                    heap = big;
+                    b.reqs = big;
+                    b.pool = (struct iovec *)(b.reqs + READ_BATCH_LARGE);
+                    b.cap = READ_BATCH_LARGE;
+                } else if ((r = read_batch_run(img, &b)) < 0) {
+                    break;
+                }
+            }
+            struct ac_req *q = &b.reqs[b.n++];
+            q->file = (st & ADDCOW_STATUS_ALLOCATED) ? img->imgf : img->backing.raw;
+            q->op = AC_REQ_READ;
+            q->flags = 0;
+            q->iov = b.pool + b.pool_used;
+            q->iovcnt = ac_iov_slice(iov, iovcnt, pos, run, b.pool + b.pool_used);
+            q->offset = offset + pos;
+            q->len = run;
+            q->result = 0;
+            b.pool_used += q->iovcnt;
         }
         pos += run;
     }
-    if (piece != small)
-        free(piece);
+    if (r == 0)
+        r = read_batch_run(img, &b);
+    free(heap);
     return r;
 }
 
@@ -259,86 +317,110 @@ struct dirty_run {
     uint64_t block, nblocks;
 };
 
-/* Writes the bytes of the dirty blocks, taken from the bitmap in batches:
- * each batch is copied (and its dirty marks cleared) before the image file
- * is made durable, so every bit it writes covers data already on disk. */
+/* Takes up to FLUSH_BATCH_BLOCKS dirty blocks from `*from` on: copies their
+ * bytes into *buf and clears their dirty marks.  Returns the runs taken. */
+static int take_dirty(struct addcow_image *img, uint64_t *from, struct dirty_run *runs,
+                      unsigned char **buf, bool *more)
+{
+    int nruns = 0;
+    uint64_t total = 0;
+
+    *buf = NULL;
+    pthread_mutex_lock(&img->bm_lock);
+    while (nruns < FLUSH_MAX_RUNS && total < FLUSH_BATCH_BLOCKS &&
+           ac_bm_next_dirty(&img->bm, *from, FLUSH_BATCH_BLOCKS - total,
+                            &runs[nruns].block, &runs[nruns].nblocks)) {
+        *from = runs[nruns].block + runs[nruns].nblocks;
+        total += runs[nruns].nblocks;
+        nruns++;
+    }
+    uint64_t f, nb;
+    *more = ac_bm_next_dirty(&img->bm, *from, 1, &f, &nb);
+    if (nruns > 0 && (*buf = malloc(total * AC_BM_DIRTY_BLOCK)) == NULL) {
+        pthread_mutex_unlock(&img->bm_lock);
+        return ac_error(ENOMEM, "add-cow file '%s': flushing the bitmap", img->path);
+    }
+    unsigned char *p = *buf;
+    for (int i = 0; i < nruns; i++) {
+        size_t n = (size_t)(runs[i].nblocks * AC_BM_DIRTY_BLOCK);
+        ac_bm_store_bytes(&img->bm, runs[i].block * AC_BM_DIRTY_BLOCK, p, n);
+        ac_bm_clear_dirty_blocks(&img->bm, runs[i].block, runs[i].nblocks);
+        p += n;
+    }
+    pthread_mutex_unlock(&img->bm_lock);
+    return nruns;
+}
+
+/* The flush, as linked batches: each batch is "image file durable, then
+ * these bitmap bytes", and the last one ends with "add-cow file durable".
+ * A batch's bytes are copied (and their dirty marks cleared) before its
+ * image flush is issued, so every bit it writes covers data already
+ * written; the links keep the order without a round trip per step. */
 static int flush_locked(struct addcow_image *img)
 {
     uint64_t from = 0;
-    bool wrote = false;
-    int r;
 
     for (;;) {
         struct dirty_run runs[FLUSH_MAX_RUNS];
-        int nruns = 0;
-        uint64_t total = 0;
-        unsigned char *buf = NULL;
+        struct ac_req reqs[FLUSH_MAX_RUNS + 2];
+        struct iovec vecs[FLUSH_MAX_RUNS];
+        unsigned char *buf;
+        int n = 0;
 
-        pthread_mutex_lock(&img->bm_lock);
+        bool more;
+        int nruns = take_dirty(img, &from, runs, &buf, &more);
+        if (nruns < 0)
+            return nruns;
+        bool last = !more;
+        reqs[n++] = (struct ac_req){ .file = img->imgf, .op = AC_REQ_FLUSH,
+                                     .flags = nruns ? AC_REQ_LINK : 0 };
         uint64_t nbytes = ac_bm_nbytes(&img->bm);
-        while (nruns < FLUSH_MAX_RUNS && total < FLUSH_BATCH_BLOCKS &&
-               ac_bm_next_dirty(&img->bm, from, FLUSH_BATCH_BLOCKS - total,
-                                &runs[nruns].block, &runs[nruns].nblocks)) {
-            from = runs[nruns].block + runs[nruns].nblocks;
-            total += runs[nruns].nblocks;
-            nruns++;
-        }
-        if (nruns > 0) {
-            buf = malloc(total * AC_BM_DIRTY_BLOCK);
-            if (buf == NULL) {
-                pthread_mutex_unlock(&img->bm_lock);
-                return ac_error(ENOMEM, "add-cow file '%s': flushing the bitmap", img->path);
-            }
-            unsigned char *p = buf;
-            for (int i = 0; i < nruns; i++) {
-                size_t n = (size_t)(runs[i].nblocks * AC_BM_DIRTY_BLOCK);
-                ac_bm_store_bytes(&img->bm, runs[i].block * AC_BM_DIRTY_BLOCK, p, n);
-                ac_bm_clear_dirty_blocks(&img->bm, runs[i].block, runs[i].nblocks);
-                p += n;
-            }
-        }
-        pthread_mutex_unlock(&img->bm_lock);
-
-        /* The image file first: the data under the bits just taken. */
-        r = img->imgf->ops->flush(img->imgf);
-        if (r < 0)
-            r = ac_error(r, "image file '%s': flush", img->image_path);
         unsigned char *p = buf;
-        for (int i = 0; i < nruns && r == 0; i++) {
+        for (int i = 0; i < nruns; i++) {
             uint64_t boff = runs[i].block * AC_BM_DIRTY_BLOCK;
-            uint64_t n = runs[i].nblocks * AC_BM_DIRTY_BLOCK;
-            if (boff + n > nbytes)
-                n = nbytes - boff;
-            r = ac_file_pwrite(img->acf, p, (size_t)n, AC_HEADER_SIZE + boff);
-            if (r < 0)
-                r = ac_error(r, "add-cow file '%s': writing %" PRIu64 " bitmap bytes at %"
-                             PRIu64, img->path, n, AC_HEADER_SIZE + boff);
-            p += runs[i].nblocks * AC_BM_DIRTY_BLOCK;
-            wrote = true;
+            uint64_t len = runs[i].nblocks * AC_BM_DIRTY_BLOCK;
+            vecs[i].iov_base = p;
+            vecs[i].iov_len = (size_t)(boff + len > nbytes ? nbytes - boff : len);
+            reqs[n++] = (struct ac_req){ .file = img->acf, .op = AC_REQ_WRITE,
+                                         .flags = AC_REQ_LINK, .iov = &vecs[i], .iovcnt = 1,
+                                         .offset = AC_HEADER_SIZE + boff,
+                                         .len = vecs[i].iov_len };
+            p += len;
         }
+        if (nruns > 0)
+            img->acf_unsynced = true;
+        if (last && img->acf_unsynced)
+            reqs[n++] = (struct ac_req){ .file = img->acf, .op = AC_REQ_FLUSH };
+        else
+            reqs[n - 1].flags &= ~AC_REQ_LINK;
+        int r = ac_submit(reqs, n);
         free(buf);
         if (r < 0) {
-            /* Not written: take them up again at the next flush. */
+            int i = 0;
+            while (reqs[i].result >= 0)
+                i++;
+            struct ac_req *q = &reqs[i];
             pthread_mutex_lock(&img->bm_lock);
-            for (int i = 0; i < nruns; i++)
-                ac_bm_mark_dirty_blocks(&img->bm, runs[i].block, runs[i].nblocks);
+            if (q->op == AC_REQ_FLUSH && q->file == img->acf) {
+                /* What reached the disk is unknown: write every block again. */
+                ac_bm_mark_dirty_blocks(&img->bm, 0, img->bm.ndirty_blocks);
+            } else {
+                for (int k = 0; k < nruns; k++)
+                    ac_bm_mark_dirty_blocks(&img->bm, runs[k].block, runs[k].nblocks);
+            }
             pthread_mutex_unlock(&img->bm_lock);
-            return r;
+            if (q->file == img->imgf)
+                return ac_error(r, "image file '%s': flush", img->image_path);
+            if (q->op == AC_REQ_FLUSH)
+                return ac_error(r, "add-cow file '%s': flush", img->path);
+            return ac_error(r, "add-cow file '%s': writing %" PRIu64 " bitmap bytes at %"
+                            PRIu64, img->path, q->len, q->offset);
         }
-        if (nruns < FLUSH_MAX_RUNS && total < FLUSH_BATCH_BLOCKS)
-            break;
-    }
-    if (wrote) {
-        r = img->acf->ops->flush(img->acf);
-        if (r < 0) {
-            /* What reached the disk is unknown: write every block again. */
-            pthread_mutex_lock(&img->bm_lock);
-            ac_bm_mark_dirty_blocks(&img->bm, 0, img->bm.ndirty_blocks);
-            pthread_mutex_unlock(&img->bm_lock);
-            return ac_error(r, "add-cow file '%s': flush", img->path);
+        if (last) {
+            img->acf_unsynced = false;
+            return 0;
         }
     }
-    return 0;
 }
 
 int ac_image_flush(struct addcow_image *img)

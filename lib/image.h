@@ -46,6 +46,8 @@ struct addcow_image {
     pthread_mutex_t bm_lock;        /* guards bm; never held across I/O */
     struct ac_bitmap bm;
     pthread_mutex_t flush_lock;     /* one flush at a time */
+    bool acf_unsynced;              /* bitmap bytes written, add-cow file not yet
+                                     * durable (under flush_lock) */
     struct ac_rangelock rl;         /* allocating writes, by sector */
 };
 
