@@ -296,6 +296,16 @@ static int posix_unlink(const struct ac_backend_ops *ops, const char *path)
     return unlink(path) < 0 ? -errno : 0;
 }
 
+static int64_t posix_next_data(struct ac_file *f, uint64_t offset)
+{
+    off_t r = lseek(pf(f)->fd, (off_t)offset, SEEK_DATA);
+    if (r >= 0)
+        return (int64_t)r;
+    if (errno == ENXIO)         /* only a hole up to the end */
+        return posix_size(f);
+    return -errno;              /* e.g. EINVAL: no SEEK_DATA here */
+}
+
 const struct ac_backend_ops ac_posix_backend = {
     .version = AC_BACKEND_OPS_VERSION,
     .name = "posix",
@@ -311,4 +321,5 @@ const struct ac_backend_ops ac_posix_backend = {
     .identity = posix_identity,
     .rename_noreplace = posix_rename_noreplace,
     .unlink = posix_unlink,
+    .next_data = posix_next_data,
 };
