@@ -138,7 +138,7 @@ ADDCOW_API int64_t addcow_get_allocated_bytes(addcow_image *img)
 {
     ENTER();
     CHECK_IMG(img);
-    return (int64_t)ac_image_allocated_bytes(img);
+    return ac_image_allocated_bytes(img);
 }
 
 /* ---- data -------------------------------------------------------------- */

@@ -86,7 +86,11 @@ int ac_image_readv(struct addcow_image *img, const struct iovec *iov, int iovcnt
     }
     for (uint64_t pos = 0; pos < len && r == 0;) {
         uint64_t run;
-        unsigned st = ac_image_status(img, offset + pos, len - pos, &run);
+        int st = ac_image_status(img, offset + pos, len - pos, &run);
+        if (st < 0) {
+            r = st;
+            break;
+        }
         if (st & ADDCOW_STATUS_ZERO) {
             struct iovec *tmp = b.pool + b.pool_used;
             int n = ac_iov_slice(iov, iovcnt, pos, run, tmp);
@@ -138,12 +142,27 @@ int ac_image_readv(struct addcow_image *img, const struct iovec *iov, int iovcnt
 
 /* ---- writes ------------------------------------------------------------ */
 
-static bool range_allocated(struct addcow_image *img, uint64_t s0, uint64_t s1)
+/* 1 if sectors [s0, s1) are all allocated, 0 if not, or a negative errno
+ * (their bitmap chunks are read first if need be). */
+static int range_allocated(struct addcow_image *img, uint64_t s0, uint64_t s1)
 {
+    int r = ac_image_ensure_known(img, s0, s1);
+    if (r < 0)
+        return r;
     pthread_mutex_lock(&img->bm_lock);
     bool all = ac_bm_all_set(&img->bm, s0, s1 - s0);
     pthread_mutex_unlock(&img->bm_lock);
     return all;
+}
+
+/* Gives the bitmap the memory that marking [s0, s1) allocated will need,
+ * before any data is written, so that the marking cannot fail after. */
+static int reserve_bits(struct addcow_image *img, uint64_t s0, uint64_t s1)
+{
+    pthread_mutex_lock(&img->bm_lock);
+    int r = ac_bm_prepare(&img->bm, s0, s1 - s0);
+    pthread_mutex_unlock(&img->bm_lock);
+    return r < 0 ? ac_error(r, "add-cow file '%s': bitmap memory", img->path) : 0;
 }
 
 static void mark_allocated(struct addcow_image *img, uint64_t s0, uint64_t s1)
@@ -182,6 +201,8 @@ static int write_allocating(struct addcow_image *img, const struct iovec *iov, i
     bool tail_cow = tail != 0 && !ac_bm_test(&img->bm, s1 - 1);
     pthread_mutex_unlock(&img->bm_lock);
 
+    if ((r = reserve_bits(img, s0, s1)) < 0)
+        return r;
     if (iovcnt > SMALL_IOV && (v = malloc(sizeof(*v) * ((size_t)iovcnt + 2))) == NULL)
         return ac_error(ENOMEM, "writing '%s'", img->path);
     if (head_cow) {
@@ -221,9 +242,11 @@ int ac_image_writev(struct addcow_image *img, const struct iovec *iov, int iovcn
 {
     uint64_t s0 = offset >> AC_SECTOR_SHIFT;
     uint64_t s1 = (offset + len + AC_SECTOR_SIZE - 1) >> AC_SECTOR_SHIFT;
-    int r;
+    int r = range_allocated(img, s0, s1);
 
-    if (range_allocated(img, s0, s1)) {
+    if (r < 0) {
+        return r;
+    } else if (r == 1) {
         /* Bits are only ever set while the handle is shared, so an allocated
          * range needs no lock: overwrite in place. */
         r = write_image_file(img, iov, iovcnt, offset, len);
@@ -269,8 +292,11 @@ static int punch_sectors(struct addcow_image *img, uint64_t a, uint64_t b)
     struct ac_range lk;
     uint64_t off = a << AC_SECTOR_SHIFT, len = (b - a) << AC_SECTOR_SHIFT;
 
+    int r = reserve_bits(img, a, b);
+    if (r < 0)
+        return r;
     ac_rl_lock(&img->rl, &lk, a, b);
-    int r = img->imgf->ops->punch_hole(img->imgf, off, len);
+    r = img->imgf->ops->punch_hole(img->imgf, off, len);
     if (r == 0)
         mark_allocated(img, a, b);
     ac_rl_unlock(&img->rl, &lk);
@@ -288,7 +314,11 @@ int ac_image_write_zeroes(struct addcow_image *img, uint64_t offset, uint64_t le
     int r = 0;
     for (uint64_t pos = offset, end = offset + len; pos < end && r == 0;) {
         uint64_t run;
-        unsigned st = ac_image_status(img, pos, end - pos, &run);
+        int st = ac_image_status(img, pos, end - pos, &run);
+        if (st < 0) {
+            r = st;
+            break;
+        }
         /* Unallocated with no backing data there: already reads as zeros. */
         if (!(st & ADDCOW_STATUS_ZERO)) {
             uint64_t a = (pos + AC_SECTOR_SIZE - 1) >> AC_SECTOR_SHIFT;
@@ -475,6 +505,10 @@ static int grow(struct addcow_image *img, uint64_t size)
 
     if (ilen < 0)
         return ac_error((int)ilen, "image file '%s': cannot get size", img->image_path);
+    /* The chunk holding the old last bit changes: it must be in memory. */
+    if (old > 0 && (r = ac_image_ensure_known(img, (old >> AC_SECTOR_SHIFT) - 1,
+                                              old >> AC_SECTOR_SHIFT)) < 0)
+        return r;
     if ((uint64_t)ilen > old &&
         (r = set_file_length(img->imgf, old, "image file", img->image_path)) < 0)
         return r;
@@ -488,8 +522,12 @@ static int grow(struct addcow_image *img, uint64_t size)
     uint64_t s_back = (img->backing.size + AC_SECTOR_SIZE - 1) >> AC_SECTOR_SHIFT;
     pthread_mutex_lock(&img->bm_lock);
     r = ac_bm_resize(&img->bm, s_new);
-    if (r == 0 && s_back > s_old)
-        ac_bm_set_range(&img->bm, s_old, (s_back < s_new ? s_back : s_new) - s_old);
+    if (r == 0 && s_back > s_old) {
+        uint64_t n = (s_back < s_new ? s_back : s_new) - s_old;
+        r = ac_bm_prepare(&img->bm, s_old, n);
+        if (r == 0)
+            ac_bm_set_range(&img->bm, s_old, n);
+    }
     pthread_mutex_unlock(&img->bm_lock);
     if (r < 0)
         return ac_error(r, "add-cow file '%s': growing the bitmap", img->path);
@@ -506,7 +544,12 @@ static int grow(struct addcow_image *img, uint64_t size)
  * bitmap's last byte and the files' lengths. */
 static int shrink(struct addcow_image *img, uint64_t size)
 {
-    int r = write_size_field(img, size);
+    uint64_t s_new = size >> AC_SECTOR_SHIFT;
+    /* The chunk holding the new last bit changes: it must be in memory. */
+    int r = s_new > 0 ? ac_image_ensure_known(img, s_new - 1, s_new) : 0;
+    if (r < 0)
+        return r;
+    r = write_size_field(img, size);
     if (img->size != size)
         return r;               /* the size was not written: nothing changed */
     pthread_mutex_lock(&img->bm_lock);

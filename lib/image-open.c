@@ -198,38 +198,6 @@ static int open_backing(struct addcow_image *img, const struct addcow_options *o
     return 0;
 }
 
-/* Reads the bitmap after checking the file holds all of it. */
-static int load_bitmap(struct addcow_image *img, uint64_t file_len)
-{
-    uint64_t sectors = img->size >> AC_SECTOR_SHIFT;
-    uint64_t nbytes = ac_bitmap_bytes(sectors);
-    if (file_len - AC_HEADER_SIZE < nbytes)
-        return ac_error(EINVAL, "add-cow file '%s' is corrupt: its bitmap is truncated "
-                        "(the file has %" PRIu64 " bytes; a virtual size of %" PRIu64
-                        " needs %" PRIu64 ")", img->path, file_len, img->size,
-                        AC_HEADER_SIZE + nbytes);
-    int r = ac_bm_init(&img->bm, sectors);
-    if (r < 0)
-        return ac_error(r, "add-cow file '%s': bitmap of %" PRIu64 " bytes", img->path, nbytes);
-    size_t chunk = 1u << 20;
-    unsigned char *buf = malloc(nbytes < chunk ? (size_t)(nbytes ? nbytes : 1) : chunk);
-    if (buf == NULL)
-        return ac_error(ENOMEM, "add-cow file '%s': reading the bitmap", img->path);
-    for (uint64_t off = 0; off < nbytes;) {
-        size_t n = nbytes - off < chunk ? (size_t)(nbytes - off) : chunk;
-        int64_t got = ac_file_pread(img->acf, buf, n, AC_HEADER_SIZE + off);
-        if (got < 0 || (size_t)got != n) {
-            free(buf);
-            return ac_error(got < 0 ? (int)got : EIO,
-                            "add-cow file '%s': reading the bitmap", img->path);
-        }
-        ac_bm_load_bytes(&img->bm, off, buf, n);
-        off += n;
-    }
-    free(buf);
-    return 0;
-}
-
 static int open_chain(const char *path, struct ac_file *already, unsigned flags,
                       const struct addcow_options *o, enum ac_backing_format bfmt,
                       const struct ac_chain *up, struct addcow_image **out)
@@ -319,7 +287,7 @@ static int open_chain(const char *path, struct ac_file *already, unsigned flags,
         r = ac_error(ENOMEM, "add-cow file '%s'", path);
         goto fail;
     }
-    r = load_bitmap(img, (uint64_t)flen);
+    r = ac_image_bitmap_open(img, (uint64_t)flen);
     if (r < 0)
         goto fail;
 

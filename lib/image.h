@@ -69,9 +69,15 @@ int ac_image_write_zeroes(struct addcow_image *img, uint64_t offset, uint64_t le
 int ac_image_flush(struct addcow_image *img);
 int ac_image_truncate(struct addcow_image *img, uint64_t size);
 
-/* Allocation walk (alloc.c): offset < size, len > 0, offset + len <= size. */
-unsigned ac_image_status(struct addcow_image *img, uint64_t offset, uint64_t len,
-                         uint64_t *run);
-uint64_t ac_image_allocated_bytes(struct addcow_image *img);
+/* The allocation map (alloc.c).  ac_image_bitmap_open sets up the bitmap
+ * of a freshly opened image (nothing is read yet); ac_image_ensure_known
+ * reads the chunks of sectors [s0, s1) not read yet.  ac_image_status: the
+ * allocation walk, offset < size, len > 0, offset + len <= size; returns
+ * the flags or a negative errno. */
+int ac_image_bitmap_open(struct addcow_image *img, uint64_t file_len);
+int ac_image_ensure_known(struct addcow_image *img, uint64_t s0, uint64_t s1);
+int ac_image_status(struct addcow_image *img, uint64_t offset, uint64_t len,
+                    uint64_t *run);
+int64_t ac_image_allocated_bytes(struct addcow_image *img);
 
 #endif
