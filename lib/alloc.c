@@ -112,9 +112,13 @@ int ac_image_status(struct addcow_image *img, uint64_t offset, uint64_t len,
     unsigned flags;
     int r;
 
-    if ((r = ac_image_ensure_known(img, s, s + 1)) < 0)
-        return r;
     pthread_mutex_lock(&img->bm_lock);
+    while (ac_bm_chunk_unknown(&img->bm, ac_bm_chunk_of(s))) {
+        pthread_mutex_unlock(&img->bm_lock);
+        if ((r = load_chunk(img, ac_bm_chunk_of(s))) < 0)
+            return r;
+        pthread_mutex_lock(&img->bm_lock);
+    }
     bool set = ac_bm_test(&img->bm, s);
     /* Chunk by chunk, so that a chunk not read yet is read only if the run
      * reaches it. */

@@ -146,13 +146,17 @@ int ac_image_readv(struct addcow_image *img, const struct iovec *iov, int iovcnt
  * (their bitmap chunks are read first if need be). */
 static int range_allocated(struct addcow_image *img, uint64_t s0, uint64_t s1)
 {
-    int r = ac_image_ensure_known(img, s0, s1);
-    if (r < 0)
-        return r;
-    pthread_mutex_lock(&img->bm_lock);
-    bool all = ac_bm_all_set(&img->bm, s0, s1 - s0);
-    pthread_mutex_unlock(&img->bm_lock);
-    return all;
+    for (;;) {
+        pthread_mutex_lock(&img->bm_lock);
+        uint64_t u = ac_bm_first_unknown(&img->bm, s0, s1);
+        bool all = u >= s1 && ac_bm_all_set(&img->bm, s0, s1 - s0);
+        pthread_mutex_unlock(&img->bm_lock);
+        if (u >= s1)
+            return all;
+        int r = ac_image_ensure_known(img, u, s1);
+        if (r < 0)
+            return r;
+    }
 }
 
 /* Gives the bitmap the memory that marking [s0, s1) allocated will need,
