@@ -15,7 +15,7 @@ SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
 PREFIX=${PREFIX:-/usr/local}
 
-deps="autoconf automake libtool pkg-config make gcc g++ libcmocka-dev"
+deps="autoconf automake libtool pkg-config make gcc g++ libcmocka-dev liburing-dev"
 missing=
 for p in $deps; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"

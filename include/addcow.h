@@ -52,7 +52,9 @@ ADDCOW_API const char *addcow_last_error(void);
 
 /* Options are string keys with string values, so that every language can
  * set them.  Keys:
- *   "backend"        "posix" | "io_uring"      which I/O backend does the file I/O
+ *   "backend"        "auto" (default) | "posix" | "io_uring"   which I/O backend does
+ *                    the file I/O; auto: io_uring for cache=none when the kernel
+ *                    allows it, else posix
  *   "cache"          "writeback" (default) | "writethrough" | "none" (O_DIRECT)
  *   "backing-format" "auto" (default) | "raw" | "add-cow"
  *   "locking"        "on" (default) | "off"

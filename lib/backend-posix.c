@@ -26,22 +26,15 @@
 #endif
 
 #include "backend.h"
+#include "backend-posix.h"
 #include "iov.h"
 
 #define DIRECT_DEFAULT_ALIGN 4096u
-#define BOUNCE_MAX (1u << 20)
-
-struct posix_file {
-    struct ac_file base;
-    int fd;            /* the file; O_DIRECT when direct */
-    int bfd;           /* buffered twin for unaligned requests, or -1 */
-    unsigned mem_align;
-    unsigned off_align;
-};
+#define BOUNCE_MAX AC_POSIX_BOUNCE_MAX
 
 static struct posix_file *pf(struct ac_file *f)
 {
-    return (struct posix_file *)f;
+    return ac_posix_file(f);
 }
 
 static void direct_alignment(struct posix_file *p)
@@ -59,15 +52,21 @@ static void direct_alignment(struct posix_file *p)
 #endif
 }
 
-static int posix_open(const struct ac_backend_ops *ops, const char *path,
-                      unsigned flags, struct ac_file **out)
+int ac_posix_open(const struct ac_backend_ops *ops, const char *path,
+                  unsigned flags, struct ac_file **out)
+{
+    return ac_posix_open_sized(ops, path, flags, sizeof(struct posix_file), out);
+}
+
+int ac_posix_open_sized(const struct ac_backend_ops *ops, const char *path,
+                        unsigned flags, size_t size, struct ac_file **out)
 {
     int oflags = O_CLOEXEC | ((flags & AC_FILE_RDWR) ? O_RDWR : O_RDONLY);
     struct stat st;
 
     if (flags & AC_FILE_CREATE)
         oflags |= O_CREAT | ((flags & AC_FILE_EXCL) ? O_EXCL : 0);
-    struct posix_file *p = calloc(1, sizeof(*p));
+    struct posix_file *p = calloc(1, size < sizeof(*p) ? sizeof(*p) : size);
     if (p == NULL)
         return -ENOMEM;
     p->base.ops = ops;
@@ -109,7 +108,7 @@ static int posix_open(const struct ac_backend_ops *ops, const char *path,
     return 0;
 }
 
-static void posix_close(struct ac_file *f)
+void ac_posix_close(struct ac_file *f)
 {
     struct posix_file *p = pf(f);
     close(p->fd);
@@ -124,22 +123,22 @@ static int is_aligned(uint64_t v, unsigned a)
 }
 
 /* Which descriptor serves this request, and whether it needs a bounce
- * buffer: 0 = buffered fd, 1 = direct as is, 2 = direct through a bounce. */
-static int direct_route(struct posix_file *p, const struct iovec *iov, int iovcnt,
-                        uint64_t offset)
+ * buffer. */
+enum ac_posix_route ac_posix_route(const struct posix_file *p, const struct iovec *iov,
+                                   int iovcnt, uint64_t offset)
 {
     if (p->bfd < 0)
-        return 1;
+        return AC_ROUTE_DIRECT;
     if (!is_aligned(offset, p->off_align))
-        return 0;
+        return AC_ROUTE_BUFFERED;
     int mem_ok = 1;
     for (int i = 0; i < iovcnt; i++) {
         if (!is_aligned(iov[i].iov_len, p->off_align))
-            return 0;
+            return AC_ROUTE_BUFFERED;
         if (!is_aligned((uintptr_t)iov[i].iov_base, p->mem_align))
             mem_ok = 0;
     }
-    return mem_ok ? 1 : 2;
+    return mem_ok ? AC_ROUTE_DIRECT : AC_ROUTE_BOUNCE;
 }
 
 static ssize_t bounce_io(struct posix_file *p, const struct iovec *iov, int iovcnt,
@@ -169,40 +168,40 @@ static ssize_t posix_rw(struct ac_file *f, const struct iovec *iov, int iovcnt,
                         uint64_t offset, int write)
 {
     struct posix_file *p = pf(f);
-    int route = direct_route(p, iov, iovcnt, offset);
-    if (route == 2)
+    enum ac_posix_route route = ac_posix_route(p, iov, iovcnt, offset);
+    if (route == AC_ROUTE_BOUNCE)
         return bounce_io(p, iov, iovcnt, offset, write);
-    int fd = route ? p->fd : p->bfd;
+    int fd = route == AC_ROUTE_DIRECT ? p->fd : p->bfd;
     ssize_t r = write ? pwritev(fd, iov, iovcnt, (off_t)offset)
                       : preadv(fd, iov, iovcnt, (off_t)offset);
     return r < 0 ? -errno : r;
 }
 
-static ssize_t posix_preadv(struct ac_file *f, const struct iovec *iov, int iovcnt,
-                            uint64_t offset)
+ssize_t ac_posix_preadv(struct ac_file *f, const struct iovec *iov, int iovcnt,
+                        uint64_t offset)
 {
     return posix_rw(f, iov, iovcnt, offset, 0);
 }
 
-static ssize_t posix_pwritev(struct ac_file *f, const struct iovec *iov, int iovcnt,
-                             uint64_t offset)
+ssize_t ac_posix_pwritev(struct ac_file *f, const struct iovec *iov, int iovcnt,
+                         uint64_t offset)
 {
     return posix_rw(f, iov, iovcnt, offset, 1);
 }
 
-static int posix_flush(struct ac_file *f)
+int ac_posix_flush(struct ac_file *f)
 {
     return fdatasync(pf(f)->fd) < 0 ? -errno : 0;
 }
 
-static int posix_truncate(struct ac_file *f, uint64_t size)
+int ac_posix_truncate(struct ac_file *f, uint64_t size)
 {
     if (size > INT64_MAX)
         return -EFBIG;
     return ftruncate(pf(f)->fd, (off_t)size) < 0 ? -errno : 0;
 }
 
-static int64_t posix_size(struct ac_file *f)
+int64_t ac_posix_size(struct ac_file *f)
 {
     struct stat st;
     if (fstat(pf(f)->fd, &st) < 0)
@@ -214,7 +213,7 @@ static int64_t posix_size(struct ac_file *f)
     return (int64_t)st.st_size;
 }
 
-static int posix_punch_hole(struct ac_file *f, uint64_t offset, uint64_t length)
+int ac_posix_punch_hole(struct ac_file *f, uint64_t offset, uint64_t length)
 {
 #ifdef FALLOC_FL_PUNCH_HOLE
     if (fallocate(pf(f)->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
@@ -227,7 +226,7 @@ static int posix_punch_hole(struct ac_file *f, uint64_t offset, uint64_t length)
 #endif
 }
 
-static int posix_lock(struct ac_file *f, int mode)
+int ac_posix_lock(struct ac_file *f, int mode)
 {
     struct flock fl;
     memset(&fl, 0, sizeof(fl));
@@ -243,7 +242,7 @@ static int posix_lock(struct ac_file *f, int mode)
     return -errno;
 }
 
-static int posix_identity(struct ac_file *f, uint64_t id[2])
+int ac_posix_identity(struct ac_file *f, uint64_t id[2])
 {
     struct stat st;
     if (fstat(pf(f)->fd, &st) < 0)
@@ -275,8 +274,8 @@ static int sync_parent_dir(const char *path)
     return r == -EINVAL ? 0 : r;
 }
 
-static int posix_rename_noreplace(const struct ac_backend_ops *ops, const char *from,
-                                  const char *to)
+int ac_posix_rename_noreplace(const struct ac_backend_ops *ops, const char *from,
+                              const char *to)
 {
     (void)ops;
     if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) < 0) {
@@ -290,36 +289,36 @@ static int posix_rename_noreplace(const struct ac_backend_ops *ops, const char *
     return sync_parent_dir(to);
 }
 
-static int posix_unlink(const struct ac_backend_ops *ops, const char *path)
+int ac_posix_unlink(const struct ac_backend_ops *ops, const char *path)
 {
     (void)ops;
     return unlink(path) < 0 ? -errno : 0;
 }
 
-static int64_t posix_next_data(struct ac_file *f, uint64_t offset)
+int64_t ac_posix_next_data(struct ac_file *f, uint64_t offset)
 {
     off_t r = lseek(pf(f)->fd, (off_t)offset, SEEK_DATA);
     if (r >= 0)
         return (int64_t)r;
     if (errno == ENXIO)         /* only a hole up to the end */
-        return posix_size(f);
+        return ac_posix_size(f);
     return -errno;              /* e.g. EINVAL: no SEEK_DATA here */
 }
 
 const struct ac_backend_ops ac_posix_backend = {
     .version = AC_BACKEND_OPS_VERSION,
     .name = "posix",
-    .open = posix_open,
-    .close = posix_close,
-    .preadv = posix_preadv,
-    .pwritev = posix_pwritev,
-    .flush = posix_flush,
-    .truncate = posix_truncate,
-    .size = posix_size,
-    .punch_hole = posix_punch_hole,
-    .lock = posix_lock,
-    .identity = posix_identity,
-    .rename_noreplace = posix_rename_noreplace,
-    .unlink = posix_unlink,
-    .next_data = posix_next_data,
+    .open = ac_posix_open,
+    .close = ac_posix_close,
+    .preadv = ac_posix_preadv,
+    .pwritev = ac_posix_pwritev,
+    .flush = ac_posix_flush,
+    .truncate = ac_posix_truncate,
+    .size = ac_posix_size,
+    .punch_hole = ac_posix_punch_hole,
+    .lock = ac_posix_lock,
+    .identity = ac_posix_identity,
+    .rename_noreplace = ac_posix_rename_noreplace,
+    .unlink = ac_posix_unlink,
+    .next_data = ac_posix_next_data,
 };

@@ -1,6 +1,6 @@
 /*
- * backend.c: helpers shared by every backend user: loops over short reads
- * and writes.
+ * backend.c: choosing the backend for a set of options, and helpers shared
+ * by every backend user: loops over short reads and writes, batches.
  */
 #include "config.h"
 
@@ -8,11 +8,78 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend.h"
+#include "error.h"
 #include "iov.h"
+#include "options.h"
 
 #define SMALL_IOV 16
+
+/* ---- choosing a backend ------------------------------------------------ */
+
+#ifndef HAVE_LIBURING
+int ac_uring_probe(void)
+{
+    return -ENOTSUP;
+}
+#endif
+
+/* Tests only: what "auto" resolves to, or -1 for the normal choice. */
+static int auto_override = -1;
+
+void ac_backend_set_auto_override(int kind)
+{
+    __atomic_store_n(&auto_override, kind, __ATOMIC_RELAXED);
+}
+
+/* What backend=auto means.  This is the one place that decides it: today
+ * io_uring whenever it is built and the kernel accepts it, else posix.
+ * (Whether auto should prefer io_uring is for benchmarks to say; to flip
+ * it, return AC_BACKEND_POSIX here.) */
+/* What "auto" means, from the measurements in BENCHMARKS.md: with the page
+ * cache (cache=writeback/writethrough) single requests are as fast or
+ * faster through pread/pwrite, so posix; with O_DIRECT (cache=none)
+ * io_uring is faster, so io_uring when the kernel allows it. */
+static enum ac_backend_kind auto_backend(const struct addcow_options *o)
+{
+    int forced = __atomic_load_n(&auto_override, __ATOMIC_RELAXED);
+    if (forced >= 0)
+        return (enum ac_backend_kind)forced;
+    if (o->cache != AC_CACHE_NONE)
+        return AC_BACKEND_POSIX;
+    return ac_uring_probe() == 0 ? AC_BACKEND_IO_URING : AC_BACKEND_POSIX;
+}
+
+int ac_select_backend(const struct addcow_options *o, const struct ac_backend_ops **out)
+{
+    if (o->custom_backend != NULL) {
+        *out = o->custom_backend;
+        return 0;
+    }
+    enum ac_backend_kind kind = o->backend == AC_BACKEND_AUTO ? auto_backend(o) : o->backend;
+    if (kind != AC_BACKEND_IO_URING) {
+        *out = &ac_posix_backend;
+        return 0;
+    }
+    int r = ac_uring_probe();
+    if (r == -ENOTSUP)
+        return ac_error(ENOTSUP, "backend 'io_uring' is not built into this library "
+                        "(configure --with-liburing)");
+    if (r == -ENOSYS)
+        return ac_error(ENOSYS, "backend 'io_uring': the kernel refuses io_uring "
+                        "(not built in, disabled by sysctl kernel.io_uring_disabled, "
+                        "or forbidden by a seccomp policy); use backend=posix or auto");
+    if (r < 0)
+        return ac_error(r, "backend 'io_uring': cannot set up an io_uring ring");
+#ifdef HAVE_LIBURING
+    *out = &ac_uring_backend;
+#endif
+    return 0;
+}
+
+/* ---- transfers --------------------------------------------------------- */
 
 /* Repeats preadv or pwritev until len bytes are done, end of file (reads),
  * or an error.  Returns the bytes done or a negative errno. */

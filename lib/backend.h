@@ -99,6 +99,29 @@ struct ac_file {
 };
 
 extern const struct ac_backend_ops ac_posix_backend;
+#ifdef HAVE_LIBURING
+/* backend-uring.c: files opened the posix way, data moved through io_uring. */
+extern const struct ac_backend_ops ac_uring_backend;
+#endif
+
+/* 0 if the io_uring backend is built in and the kernel accepts io_uring
+ * (found out once per process by setting up a small ring); else -ENOTSUP
+ * (not built), -ENOSYS (the kernel or a seccomp policy refuses it), or
+ * another negative errno for a passing failure (-ENOMEM, -EMFILE), which is
+ * not remembered. */
+int ac_uring_probe(void);
+
+struct addcow_options;
+/* The backend for a set of options: the tests' custom table, else the
+ * "backend" option with "auto" resolved (io_uring if the kernel takes it,
+ * else posix).  0, or a negative errno with the thread's message set:
+ * -ENOSYS when io_uring was asked for and the kernel refuses it. */
+int ac_select_backend(const struct addcow_options *o, const struct ac_backend_ops **out);
+
+/* Tests only (not exported): makes "auto" resolve to `kind`, an enum
+ * ac_backend_kind other than AC_BACKEND_AUTO; -1 restores the normal
+ * choice.  Call it before any thread opens images. */
+void ac_backend_set_auto_override(int kind);
 
 /* Reads until len bytes or end of file; returns the bytes read (the rest of
  * the buffers is left untouched) or a negative errno. */

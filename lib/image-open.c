@@ -42,13 +42,6 @@ static int chain_depth(const struct ac_chain *c)
     return n;
 }
 
-const struct ac_backend_ops *ac_select_backend(const struct addcow_options *o)
-{
-    if (o->custom_backend != NULL)
-        return o->custom_backend;
-    return &ac_posix_backend;
-}
-
 /* True if two open files are the same file (an identity error: false). */
 static bool same_file(struct ac_file *a, struct ac_file *b)
 {
@@ -212,7 +205,12 @@ static int open_chain(const char *path, struct ac_file *already, unsigned flags,
         ac_file_close(already);
         return ac_error(ENOMEM, "add-cow file '%s'", path);
     }
-    img->ops = ac_select_backend(o);
+    r = ac_select_backend(o, &img->ops);
+    if (r < 0) {
+        ac_file_close(already);
+        free(img);
+        return r;
+    }
     img->writable = (flags & ADDCOW_OPEN_RDWR) != 0;
     img->cache = o->cache;
     img->acf = already;
@@ -377,9 +375,12 @@ int ac_image_close(struct addcow_image *img)
 static int backing_size_for_create(const char *backing_path, const struct addcow_options *o,
                                    uint64_t *size)
 {
-    const struct ac_backend_ops *ops = ac_select_backend(o);
+    const struct ac_backend_ops *ops;
     struct ac_file *f;
-    int r = ops->open(ops, backing_path, AC_FILE_RDONLY, &f);
+    int r = ac_select_backend(o, &ops);
+    if (r < 0)
+        return r;
+    r = ops->open(ops, backing_path, AC_FILE_RDONLY, &f);
     if (r < 0)
         return ac_error(r, "backing file '%s'", backing_path);
     if (size == NULL) {         /* a size was given: it only has to exist */
@@ -416,7 +417,10 @@ static int backing_size_for_create(const char *backing_path, const struct addcow
 int ac_image_create(const char *path, uint64_t size, const char *backing_file,
                     const char *image_file, const struct addcow_options *o)
 {
-    const struct ac_backend_ops *ops = ac_select_backend(o);
+    const struct ac_backend_ops *ops;
+    int sel = ac_select_backend(o, &ops);
+    if (sel < 0)
+        return sel;
     char *image_path = NULL, *backing_path = NULL, *tmp = NULL;
     struct ac_file *f = NULL, *imgf = NULL, *tf = NULL;
     bool created_image = false;

@@ -51,8 +51,6 @@ struct addcow_image {
     struct ac_rangelock rl;         /* allocating writes, by sector */
 };
 
-const struct ac_backend_ops *ac_select_backend(const struct addcow_options *o);
-
 int ac_image_create(const char *path, uint64_t size, const char *backing_file,
                     const char *image_file, const struct addcow_options *o);
 int ac_image_open(const char *path, unsigned flags, const struct addcow_options *o,

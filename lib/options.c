@@ -10,7 +10,7 @@
 #include "options.h"
 
 const struct addcow_options ac_default_options = {
-    .backend = AC_BACKEND_POSIX,
+    .backend = AC_BACKEND_AUTO,
     .cache = AC_CACHE_WRITEBACK,
     .backing_format = AC_BFMT_AUTO,
     .locking = 1,
@@ -33,7 +33,8 @@ static int lookup(const struct choice *c, const char *value)
 }
 
 static const struct choice backends[] = {
-    { "posix", AC_BACKEND_POSIX }, { "io_uring", AC_BACKEND_IO_URING }, { NULL, 0 } };
+    { "auto", AC_BACKEND_AUTO }, { "posix", AC_BACKEND_POSIX },
+    { "io_uring", AC_BACKEND_IO_URING }, { NULL, 0 } };
 static const struct choice caches[] = {
     { "writeback", AC_CACHE_WRITEBACK }, { "writethrough", AC_CACHE_WRITETHROUGH },
     { "none", AC_CACHE_NONE }, { NULL, 0 } };
@@ -49,7 +50,7 @@ static const struct {
     const struct choice *choices;
     const char *allowed;
 } keys[] = {
-    { "backend", backends, "posix, io_uring" },
+    { "backend", backends, "auto, posix, io_uring" },
     { "cache", caches, "writeback, writethrough, none" },
     { "backing-format", formats, "auto, raw, add-cow" },
     { "locking", onoff, "on, off" },
@@ -67,9 +68,12 @@ int ac_options_set(struct addcow_options *o, const char *key, const char *value)
                             key, value, keys[i].allowed);
         switch (i) {
         case 0:
+#ifndef HAVE_LIBURING
             if (v == AC_BACKEND_IO_URING)
                 return ac_error(ENOTSUP, "option 'backend': 'io_uring' is not built "
                                 "into this library (configure --with-liburing)");
+#endif
+            /* Whether the kernel takes io_uring is found out at open. */
             o->backend = (enum ac_backend_kind)v;
             break;
         case 1: o->cache = (enum ac_cache_mode)v; break;

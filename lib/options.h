@@ -6,7 +6,8 @@
 
 struct ac_backend_ops;
 
-enum ac_backend_kind { AC_BACKEND_POSIX = 0, AC_BACKEND_IO_URING };
+/* AC_BACKEND_AUTO is resolved when a file is opened (ac_select_backend). */
+enum ac_backend_kind { AC_BACKEND_POSIX = 0, AC_BACKEND_IO_URING, AC_BACKEND_AUTO };
 enum ac_cache_mode { AC_CACHE_WRITEBACK = 0, AC_CACHE_WRITETHROUGH, AC_CACHE_NONE };
 enum ac_backing_format { AC_BFMT_AUTO = 0, AC_BFMT_RAW, AC_BFMT_ADDCOW };
 enum ac_paths_policy { AC_PATHS_ANY = 0, AC_PATHS_CONFINED };

@@ -33,83 +33,12 @@
 #include "addcow.h"
 #include "testutil.h"
 
-#define HDR_SIZE   2068u
-#define PATH_FIELD 1024u
 #define SECTOR     512u
 
-static uint64_t bitmap_len_for(uint64_t size)
-{
-    uint64_t sectors = size / SECTOR;
-    return sectors / 8 + (sectors % 8 != 0);
-}
-
-static uint64_t get_be(const unsigned char *p, unsigned n)
-{
-    uint64_t v = 0;
-    for (unsigned i = 0; i < n; i++)
-        v = (v << 8) | p[i];
-    return v;
-}
-
-/* ---- strings that live until the end of the program ---------------------- */
-
-static char **pool;
-static size_t pool_len, pool_cap;
-
-static char *S(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *S(const char *fmt, ...)
-{
-    va_list ap;
-    char *s;
-    va_start(ap, fmt);
-    int n = vasprintf(&s, fmt, ap);
-    va_end(ap);
-    assert_true(n >= 0);
-    if (pool_len == pool_cap) {
-        pool_cap = pool_cap ? 2 * pool_cap : 64;
-        pool = realloc(pool, pool_cap * sizeof(*pool));
-        assert_non_null(pool);
-    }
-    pool[pool_len++] = s;
-    return s;
-}
-
-static int free_pool(void **state)
-{
-    (void)state;
-    for (size_t i = 0; i < pool_len; i++)
-        free(pool[i]);
-    free(pool);
-    pool = NULL;
-    pool_len = pool_cap = 0;
-    return 0;
-}
-
-static const char *tdir(const char *name)
-{
-    char *d = S("%s/%s", tu_scratch(), name);
-    assert_int_equal(mkdir(d, 0755), 0);
-    return d;
-}
+/* S(): a string that lives until the end of the program. */
+#define S tu_str
 
 /* ---- helpers ---------------------------------------------------------------- */
-
-static void make_raw(const char *path, size_t len, uint32_t seed)
-{
-    unsigned char *buf = malloc(len ? len : 1);
-    assert_non_null(buf);
-    tu_fill_pattern(buf, len, seed, 0);
-    assert_int_equal(tu_write_file(path, buf, len), 0);
-    free(buf);
-}
-
-static addcow_options *opts1(const char *key, const char *value)
-{
-    addcow_options *o = addcow_options_new();
-    assert_non_null(o);
-    assert_int_equal(addcow_options_set(o, key, value), 0);
-    return o;
-}
 
 static void create_ok_at(const char *path, uint64_t size, const char *backing,
                          const char *image, const addcow_options *o, const char *file,
@@ -123,20 +52,6 @@ static void create_ok_at(const char *path, uint64_t size, const char *backing,
     }
 }
 #define create_ok(p, size, b, i, o) create_ok_at((p), (size), (b), (i), (o), __FILE__, __LINE__)
-
-static addcow_image *open_ok_at(const char *path, unsigned flags, const addcow_options *o,
-                                const char *file, int line)
-{
-    addcow_image *img = NULL;
-    int r = addcow_open(path, flags, o, &img);
-    if (r != 0 || img == NULL) {
-        print_error("%s:%d: addcow_open(%s) returned %d: %s\n", file, line, path, r,
-                    addcow_last_error());
-        fail();
-    }
-    return img;
-}
-#define open_ok(path, flags, o) open_ok_at((path), (flags), (o), __FILE__, __LINE__)
 
 /* Checks a call that returns a count or -errno, printing the message. */
 static void expect_val_at(int64_t got, int64_t want, const char *what, const char *file,
@@ -157,7 +72,7 @@ static int disk_bit(const char *acf, uint64_t n)
     unsigned char b;
     int fd = open(acf, O_RDONLY | O_CLOEXEC);
     assert_true(fd >= 0);
-    assert_int_equal(pread(fd, &b, 1, (off_t)(HDR_SIZE + n / 8)), 1);
+    assert_int_equal(pread(fd, &b, 1, (off_t)(TU_HDR_SIZE + n / 8)), 1);
     close(fd);
     return (b >> (n % 8)) & 1;
 }
@@ -167,23 +82,22 @@ static int disk_bit(const char *acf, uint64_t n)
 static void check_header_on_disk(const char *path, const char *backing, const char *image,
                                  uint64_t size, bool bitmap_clear)
 {
-    static const unsigned char magic[8] = { 0x41, 0x44, 0x44, 0x5F, 0x43, 0x4F, 0x57, 0xFF };
-    unsigned char field[PATH_FIELD];
+    unsigned char field[TU_PATH_FIELD];
     size_t len;
     unsigned char *b = tu_read_file(path, &len);
     assert_non_null(b);
-    assert_int_equal(len, HDR_SIZE + bitmap_len_for(size));
-    assert_memory_equal(b, magic, 8);
-    assert_int_equal(get_be(b + 8, 4), 1);
+    assert_int_equal(len, TU_HDR_SIZE + tu_bitmap_len(size));
+    assert_int_equal(tu_get_be(b, 8), TU_MAGIC);
+    assert_int_equal(tu_get_be(b + TU_OFF_VERSION, 4), 1);
     memset(field, 0, sizeof(field));
     if (backing != NULL)
         memcpy(field, backing, strlen(backing));
-    assert_memory_equal(b + 12, field, PATH_FIELD);
+    assert_memory_equal(b + TU_OFF_BACKING, field, TU_PATH_FIELD);
     memset(field, 0, sizeof(field));
     memcpy(field, image, strlen(image));
-    assert_memory_equal(b + 1036, field, PATH_FIELD);
-    assert_int_equal(get_be(b + 2060, 8), size);
-    for (size_t i = HDR_SIZE; bitmap_clear && i < len; i++)
+    assert_memory_equal(b + TU_OFF_IMAGE, field, TU_PATH_FIELD);
+    assert_int_equal(tu_get_be(b + TU_OFF_SIZE, 8), size);
+    for (size_t i = TU_HDR_SIZE; bitmap_clear && i < len; i++)
         assert_int_equal(b[i], 0);
     free(b);
 }
@@ -216,6 +130,17 @@ static void check_disk_at(addcow_image *img, const unsigned char *model, uint64_
 }
 #define check_disk(img, model, size) check_disk_at((img), (model), (size), __FILE__, __LINE__)
 
+/* Opens path read-only, compares the whole disk with the model, closes it. */
+static void check_reopened_at(const char *path, const unsigned char *model, uint64_t size,
+                              const char *file, int line)
+{
+    addcow_image *img = tu_open_ok_at(path, ADDCOW_OPEN_RDONLY, NULL, file, line);
+    check_disk_at(img, model, size, file, line);
+    assert_int_equal(addcow_close(img), 0);
+}
+#define check_reopened(path, model, size) check_reopened_at((path), (model), (size), \
+                                                            __FILE__, __LINE__)
+
 static int64_t blocks_of(const char *path)
 {
     struct stat st;
@@ -228,7 +153,7 @@ static bool can_punch_holes(const char *dir)
 {
 #ifdef FALLOC_FL_PUNCH_HOLE
     const char *p = S("%s/punch-probe", dir);
-    make_raw(p, 1 << 20, 1);
+    tu_make_raw(p, 1 << 20, 1);
     int fd = open(p, O_RDWR | O_CLOEXEC);
     assert_true(fd >= 0);
     assert_int_equal(fsync(fd), 0);
@@ -268,16 +193,16 @@ static const char *list_dir(const char *dir)
 static void test_create_open(void **state)
 {
     (void)state;
-    const char *d = tdir("create");
+    const char *d = tu_subdir("create");
     const char *p = S("%s/x.add-cow", d);
     struct stat st;
 
     /* 13 sectors: the bitmap needs 2 bytes. */
     create_ok(p, 13 * 512, NULL, "x.raw", NULL);
     check_header_on_disk(p, NULL, "x.raw", 13 * 512, true);
-    assert_int_equal(tu_file_size(p), HDR_SIZE + 2);
+    assert_int_equal(tu_file_size(p), TU_HDR_SIZE + 2);
     assert_int_equal(tu_file_size(S("%s/x.raw", d)), 13 * 512);
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
     assert_int_equal(addcow_get_size(img), 13 * 512);
     assert_null(addcow_get_backing_file(img));
     assert_string_equal(addcow_get_image_file(img), "x.raw");
@@ -291,20 +216,20 @@ static void test_create_open(void **state)
     const char *big = S("%s/big.add-cow", d);
     create_ok(big, 64 << 20, NULL, "big.raw", NULL);
     check_header_on_disk(big, NULL, "big.raw", 64 << 20, true);
-    assert_int_equal(tu_file_size(big), HDR_SIZE + 16384);
+    assert_int_equal(tu_file_size(big), TU_HDR_SIZE + 16384);
     assert_int_equal(stat(S("%s/big.raw", d), &st), 0);
     assert_int_equal(st.st_size, 64 << 20);
     assert_true((uint64_t)st.st_blocks * 512 <= (1u << 20));
-    img = open_ok(big, ADDCOW_OPEN_RDWR, NULL);
+    img = tu_open_ok(big, ADDCOW_OPEN_RDWR, NULL);
     assert_int_equal(addcow_get_size(img), 64 << 20);
     assert_int_equal(addcow_close(img), 0);
 
     /* A backing file and an absolute image path: both stored as given. */
-    make_raw(S("%s/base.raw", d), 5000, 3);
+    tu_make_raw(S("%s/base.raw", d), 5000, 3);
     const char *y = S("%s/y.add-cow", d), *yraw = S("%s/y.raw", d);
     create_ok(y, 8192, "base.raw", yraw, NULL);
     check_header_on_disk(y, "base.raw", yraw, 8192, true);
-    img = open_ok(y, ADDCOW_OPEN_RDWR, NULL);
+    img = tu_open_ok(y, ADDCOW_OPEN_RDWR, NULL);
     assert_int_equal(addcow_get_size(img), 8192);
     assert_string_equal(addcow_get_backing_file(img), "base.raw");
     assert_string_equal(addcow_get_image_file(img), yraw);
@@ -319,16 +244,16 @@ static void test_create_open(void **state)
 static void test_create_size_from_backing(void **state)
 {
     (void)state;
-    const char *d = tdir("createsize");
+    const char *d = tu_subdir("createsize");
     unsigned char buf[16384], model[16384];
 
     /* A raw backing file of odd length: rounded up to whole sectors. */
-    make_raw(S("%s/base.raw", d), 10000, 4);
+    tu_make_raw(S("%s/base.raw", d), 10000, 4);
     const char *p = S("%s/x.add-cow", d);
     create_ok(p, 0, "base.raw", "x.raw", NULL);
     check_header_on_disk(p, "base.raw", "x.raw", 10240, true);
     assert_int_equal(tu_file_size(S("%s/x.raw", d)), 10240);
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
     assert_int_equal(addcow_get_size(img), 10240);
     memset(model, 0, sizeof(model));
     tu_fill_pattern(model, 10000, 4, 0);
@@ -336,7 +261,7 @@ static void test_create_size_from_backing(void **state)
     assert_int_equal(addcow_close(img), 0);
 
     /* Exactly a multiple of 512. */
-    make_raw(S("%s/even.raw", d), 4096, 4);
+    tu_make_raw(S("%s/even.raw", d), 4096, 4);
     const char *q = S("%s/q.add-cow", d);
     create_ok(q, 0, "even.raw", "q.raw", NULL);
     check_header_on_disk(q, "even.raw", "q.raw", 4096, true);
@@ -344,14 +269,14 @@ static void test_create_size_from_backing(void **state)
     /* An add-cow backing file: its virtual size, not its file length. */
     const char *b = S("%s/b.add-cow", d);
     create_ok(b, 21 * 512, NULL, "b.raw", NULL);
-    img = open_ok(b, ADDCOW_OPEN_RDWR, NULL);
+    img = tu_open_ok(b, ADDCOW_OPEN_RDWR, NULL);
     tu_fill_pattern(buf, 1000, 5, 0);
     EXPECT_VAL(addcow_pwrite(img, buf, 1000, 0), 1000);
     assert_int_equal(addcow_close(img), 0);
     const char *t = S("%s/t.add-cow", d);
     create_ok(t, 0, "b.add-cow", "t.raw", NULL);
     check_header_on_disk(t, "b.add-cow", "t.raw", 21 * 512, true);
-    img = open_ok(t, ADDCOW_OPEN_RDONLY, NULL);
+    img = tu_open_ok(t, ADDCOW_OPEN_RDONLY, NULL);
     assert_int_equal(addcow_get_size(img), 21 * 512);
     memset(model, 0, sizeof(model));
     tu_fill_pattern(model, 1000, 5, 0);
@@ -362,12 +287,12 @@ static void test_create_size_from_backing(void **state)
 static void test_create_existing_image_file(void **state)
 {
     (void)state;
-    const char *d = tdir("createexisting");
+    const char *d = tu_subdir("createexisting");
     unsigned char want[20000];
     size_t len;
 
     /* Longer than the size: kept whole. */
-    make_raw(S("%s/long.raw", d), 20000, 6);
+    tu_make_raw(S("%s/long.raw", d), 20000, 6);
     create_ok(S("%s/l.add-cow", d), 8192, NULL, "long.raw", NULL);
     unsigned char *got = tu_read_file(S("%s/long.raw", d), &len);
     assert_non_null(got);
@@ -376,7 +301,7 @@ static void test_create_existing_image_file(void **state)
     assert_memory_equal(got, want, 20000);
     free(got);
     /* Its old bytes are not part of the disk: no bit is set. */
-    addcow_image *img = open_ok(S("%s/l.add-cow", d), ADDCOW_OPEN_RDONLY, NULL);
+    addcow_image *img = tu_open_ok(S("%s/l.add-cow", d), ADDCOW_OPEN_RDONLY, NULL);
     assert_int_equal(addcow_get_size(img), 8192);
     unsigned char zeros[8192];
     memset(zeros, 0, sizeof(zeros));
@@ -384,7 +309,7 @@ static void test_create_existing_image_file(void **state)
     assert_int_equal(addcow_close(img), 0);
 
     /* Shorter: extended with zeros, its bytes kept. */
-    make_raw(S("%s/short.raw", d), 1000, 7);
+    tu_make_raw(S("%s/short.raw", d), 1000, 7);
     create_ok(S("%s/s.add-cow", d), 8192, NULL, "short.raw", NULL);
     got = tu_read_file(S("%s/short.raw", d), &len);
     assert_non_null(got);
@@ -401,23 +326,18 @@ static void test_create_existing_image_file(void **state)
 static void test_open_unaligned_size(void **state)
 {
     (void)state;
-    const char *d = tdir("unalignedsize");
+    const char *d = tu_subdir("unalignedsize");
     const char *p = S("%s/x.add-cow", d);
     const uint64_t stored = 9 * 512 + 100;
-    unsigned char h[HDR_SIZE + 2], buf[8192], want[8192];
+    unsigned char h[TU_HDR_SIZE + 2], buf[8192], want[8192];
 
-    memset(h, 0, sizeof(h));
-    memcpy(h, "ADD_COW\xff", 8);
-    h[11] = 1;
-    memcpy(h + 1036, "x.raw", 5);
-    for (int i = 0; i < 8; i++)
-        h[2060 + i] = (unsigned char)(stored >> (56 - 8 * i));
-    h[HDR_SIZE] = 0x01;                 /* sector 0 */
-    h[HDR_SIZE + 1] = 0x03;             /* sector 8, and a stray bit for sector 9 */
+    tu_build_header(h, TU_MAGIC, 1, NULL, "x.raw", stored);
+    h[TU_HDR_SIZE] = 0x01;              /* sector 0 */
+    h[TU_HDR_SIZE + 1] = 0x03;          /* sector 8, and a stray bit for sector 9 */
     assert_int_equal(tu_write_file(p, h, sizeof(h)), 0);
-    make_raw(S("%s/x.raw", d), 8192, 151);
+    tu_make_raw(S("%s/x.raw", d), 8192, 151);
 
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
     assert_int_equal(addcow_get_size(img), 9 * 512);
     assert_int_equal(addcow_get_allocated_bytes(img), 2 * 512);
     EXPECT_VAL(addcow_pread(img, buf, sizeof(buf), 0), 9 * 512);
@@ -432,13 +352,13 @@ static void test_open_unaligned_size(void **state)
 static void test_create_failure_leaves_nothing(void **state)
 {
     (void)state;
-    const char *d = tdir("createfail");
+    const char *d = tu_subdir("createfail");
     const char *p = S("%s/c.add-cow", d);
     unsigned char want[4096];
     size_t len;
 
-    make_raw(S("%s/base.raw", d), 4096, 8);
-    make_raw(S("%s/keep.raw", d), 3000, 9);
+    tu_make_raw(S("%s/base.raw", d), 4096, 8);
+    tu_make_raw(S("%s/keep.raw", d), 3000, 9);
     assert_int_equal(mkdir(S("%s/adir", d), 0755), 0);
     assert_int_equal(symlink("nowhere", S("%s/link.add-cow", d)), 0);
     const char *names = "adir,base.raw,keep.raw,link.add-cow";
@@ -500,13 +420,13 @@ static void test_create_failure_leaves_nothing(void **state)
 static void test_relative_paths(void **state)
 {
     (void)state;
-    tdir("rel");
-    const char *d = tdir("rel/img"), *cwd = tdir("rel/cwd");
+    tu_subdir("rel");
+    const char *d = tu_subdir("rel/img"), *cwd = tu_subdir("rel/cwd");
     char old[PATH_MAX];
     unsigned char model[4096];
 
-    make_raw(S("%s/base.raw", d), 4096, 11);
-    make_raw(S("%s/base.raw", cwd), 4096, 12);     /* a decoy */
+    tu_make_raw(S("%s/base.raw", d), 4096, 11);
+    tu_make_raw(S("%s/base.raw", cwd), 4096, 12);  /* a decoy */
     assert_non_null(getcwd(old, sizeof(old)));
     assert_int_equal(chdir(cwd), 0);
 
@@ -516,7 +436,7 @@ static void test_relative_paths(void **state)
     assert_int_equal(tu_file_size(S("%s/r.raw", cwd)), -ENOENT);
 
     tu_fill_pattern(model, sizeof(model), 11, 0);
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
     assert_int_equal(addcow_get_size(img), 4096);
     check_disk(img, model, sizeof(model));
     EXPECT_VAL(addcow_pwrite(img, "hello", 5, 100), 5);
@@ -524,7 +444,7 @@ static void test_relative_paths(void **state)
     assert_int_equal(addcow_close(img), 0);
 
     /* Opened through a relative path from elsewhere. */
-    img = open_ok("../img/r.add-cow", ADDCOW_OPEN_RDONLY, NULL);
+    img = tu_open_ok("../img/r.add-cow", ADDCOW_OPEN_RDONLY, NULL);
     assert_string_equal(addcow_get_image_file(img), "r.raw");
     assert_string_equal(addcow_get_backing_file(img), "base.raw");
     check_disk(img, model, sizeof(model));
@@ -534,11 +454,11 @@ static void test_relative_paths(void **state)
     create_ok("../img/s.add-cow", 0, "base.raw", "s.raw", NULL);
     assert_int_equal(tu_file_size(S("%s/s.raw", d)), 4096);
     assert_int_equal(tu_file_size(S("%s/s.raw", cwd)), -ENOENT);
-    assert_int_equal(tu_file_size(S("%s/s.add-cow", d)), HDR_SIZE + 1);
+    assert_int_equal(tu_file_size(S("%s/s.add-cow", d)), TU_HDR_SIZE + 1);
 
     /* And from yet another folder, by absolute path. */
     assert_int_equal(chdir(tu_scratch()), 0);
-    img = open_ok(S("%s/s.add-cow", d), ADDCOW_OPEN_RDONLY, NULL);
+    img = tu_open_ok(S("%s/s.add-cow", d), ADDCOW_OPEN_RDONLY, NULL);
     tu_fill_pattern(model, sizeof(model), 11, 0);
     check_disk(img, model, sizeof(model));
     assert_int_equal(addcow_close(img), 0);
@@ -550,13 +470,13 @@ static void test_relative_paths(void **state)
 static void test_read_past_end(void **state)
 {
     (void)state;
-    const char *d = tdir("readend");
+    const char *d = tu_subdir("readend");
     const char *p = S("%s/x.add-cow", d);
     unsigned char data[4096], buf[8192];
     /* The backing file is longer than the disk: reads still stop at the end. */
-    make_raw(S("%s/base.raw", d), 8192, 13);
+    tu_make_raw(S("%s/base.raw", d), 8192, 13);
     create_ok(p, 4096, "base.raw", "x.raw", NULL);
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
     tu_fill_pattern(data, sizeof(data), 13, 0);
     tu_fill_pattern(data + 1000, 1000, 14, 0);
     EXPECT_VAL(addcow_pwrite(img, data + 1000, 1000, 1000), 1000);
@@ -586,7 +506,7 @@ static void test_read_past_end(void **state)
 static void test_vectored_io(void **state)
 {
     (void)state;
-    const char *d = tdir("vectored");
+    const char *d = tu_subdir("vectored");
     const char *p = S("%s/x.add-cow", d);
     const uint64_t size = 64 * 1024, bsize = 40001;
     uint64_t seed = tu_seed("test_vectored_io");
@@ -599,10 +519,10 @@ static void test_vectored_io(void **state)
     assert_non_null(alloc);
     assert_non_null(iov);
 
-    make_raw(S("%s/base.raw", d), bsize, 21);
+    tu_make_raw(S("%s/base.raw", d), bsize, 21);
     tu_fill_pattern(model, bsize, 21, 0);
     create_ok(p, size, "base.raw", "x.raw", NULL);
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
 
     unsigned rounds = tu_scale(60);
     for (unsigned it = 0; it < rounds; it++) {
@@ -639,7 +559,7 @@ static void test_vectored_io(void **state)
     assert_int_equal(addcow_get_allocated_bytes(img), nalloc * SECTOR);
     check_disk(img, model, size);
     assert_int_equal(addcow_close(img), 0);
-    img = open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
+    img = tu_open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
     check_disk(img, model, size);
     assert_int_equal(addcow_get_allocated_bytes(img), nalloc * SECTOR);
     for (uint64_t s = 0; s < size / SECTOR; s++)
@@ -657,16 +577,16 @@ static void test_vectored_io(void **state)
 static void test_partial_sector_cow(void **state)
 {
     (void)state;
-    const char *d = tdir("cow");
+    const char *d = tu_subdir("cow");
     const char *p = S("%s/x.add-cow", d);
     const size_t size = 16384, bsize = 4096 + 200;   /* backing ends inside sector 8 */
     unsigned char model[16384], data[2000];
 
-    make_raw(S("%s/base.raw", d), bsize, 31);
+    tu_make_raw(S("%s/base.raw", d), bsize, 31);
     memset(model, 0, sizeof(model));
     tu_fill_pattern(model, bsize, 31, 0);
     create_ok(p, size, "base.raw", "x.raw", NULL);
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
     tu_fill_pattern(data, sizeof(data), 32, 0);
 
     struct { uint64_t off; size_t len; } w[] = {
@@ -695,16 +615,14 @@ static void test_partial_sector_cow(void **state)
     for (size_t i = 0; i < sizeof(sectors) / sizeof(sectors[0]); i++)
         assert_memory_equal(raw + sectors[i] * 512, model + sectors[i] * 512, 512);
     free(raw);
-    img = open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
-    check_disk(img, model, size);
-    assert_int_equal(addcow_close(img), 0);
+    check_reopened(p, model, size);
 
     /* No backing file, and an image file full of old bytes: the rest of a
      * partly written sector reads zeros, not those bytes. */
     const char *q = S("%s/y.add-cow", d);
-    make_raw(S("%s/y.raw", d), size, 33);
+    tu_make_raw(S("%s/y.raw", d), size, 33);
     create_ok(q, size, NULL, "y.raw", NULL);
-    img = open_ok(q, ADDCOW_OPEN_RDWR, NULL);
+    img = tu_open_ok(q, ADDCOW_OPEN_RDWR, NULL);
     memset(model, 0, sizeof(model));
     EXPECT_VAL(addcow_pwrite(img, data, 10, 100), 10);
     memcpy(model + 100, data, 10);
@@ -712,9 +630,7 @@ static void test_partial_sector_cow(void **state)
     memcpy(model + 3000, data, 700);
     check_disk(img, model, size);
     assert_int_equal(addcow_close(img), 0);
-    img = open_ok(q, ADDCOW_OPEN_RDONLY, NULL);
-    check_disk(img, model, size);
-    assert_int_equal(addcow_close(img), 0);
+    check_reopened(q, model, size);
 }
 
 /* ---- write_zeroes ------------------------------------------------------------ */
@@ -722,7 +638,7 @@ static void test_partial_sector_cow(void **state)
 static void test_write_zeroes_unmap(void **state)
 {
     (void)state;
-    const char *d = tdir("zeroesunmap");
+    const char *d = tu_subdir("zeroesunmap");
     const char *p = S("%s/x.add-cow", d), *raw = S("%s/x.raw", d);
     const uint64_t size = 4 << 20, wlen = 2 << 20;
     unsigned char *model = calloc(1, size);
@@ -730,7 +646,7 @@ static void test_write_zeroes_unmap(void **state)
     bool punch = can_punch_holes(d);
 
     create_ok(p, size, NULL, "x.raw", NULL);
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
     tu_fill_pattern(model, wlen, 41, 0);
     EXPECT_VAL(addcow_pwrite(img, model, wlen, 0), wlen);
     assert_int_equal(addcow_flush(img), 0);
@@ -756,18 +672,16 @@ static void test_write_zeroes_unmap(void **state)
     EXPECT_VAL(addcow_write_zeroes(img, 3 << 20, 4096 + 7, ADDCOW_ZEROES_MAY_UNMAP), 0);
     assert_int_equal(addcow_get_allocated_bytes(img), wlen);
     assert_int_equal(addcow_close(img), 0);
-    img = open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
-    check_disk(img, model, size);
-    assert_int_equal(addcow_close(img), 0);
+    check_reopened(p, model, size);
 
     /* Over backing data: reads zeros, the backing data is hidden. */
     const char *q = S("%s/y.add-cow", d);
     const uint64_t bsize = 64 * 1024 + 3, ysize = 128 * 1024;
-    make_raw(S("%s/base.raw", d), bsize, 42);
+    tu_make_raw(S("%s/base.raw", d), bsize, 42);
     memset(model, 0, ysize);
     tu_fill_pattern(model, bsize, 42, 0);
     create_ok(q, ysize, "base.raw", "y.raw", NULL);
-    img = open_ok(q, ADDCOW_OPEN_RDWR, NULL);
+    img = tu_open_ok(q, ADDCOW_OPEN_RDWR, NULL);
     EXPECT_VAL(addcow_write_zeroes(img, 1000, 20000, ADDCOW_ZEROES_MAY_UNMAP), 0);
     memset(model + 1000, 0, 20000);
     /* Across the backing file's end, into the area past it. */
@@ -775,26 +689,24 @@ static void test_write_zeroes_unmap(void **state)
     memset(model + bsize - 1000, 0, 3000);
     check_disk(img, model, ysize);
     assert_int_equal(addcow_close(img), 0);
-    img = open_ok(q, ADDCOW_OPEN_RDONLY, NULL);
-    check_disk(img, model, ysize);
-    assert_int_equal(addcow_close(img), 0);
+    check_reopened(q, model, ysize);
     free(model);
 }
 
 static void test_write_zeroes_plain(void **state)
 {
     (void)state;
-    const char *d = tdir("zeroes");
+    const char *d = tu_subdir("zeroes");
     const char *p = S("%s/x.add-cow", d);
     const uint64_t size = 256 * 1024, bsize = 100000;
     unsigned char *model = calloc(1, size), *data = malloc(size);
     assert_non_null(model);
     assert_non_null(data);
 
-    make_raw(S("%s/base.raw", d), bsize, 43);
+    tu_make_raw(S("%s/base.raw", d), bsize, 43);
     tu_fill_pattern(model, bsize, 43, 0);
     create_ok(p, size, "base.raw", "x.raw", NULL);
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
     tu_fill_pattern(data, size, 44, 0);
     EXPECT_VAL(addcow_pwrite(img, data, 50000, 20000), 50000);
     memcpy(model + 20000, data, 50000);
@@ -813,9 +725,7 @@ static void test_write_zeroes_plain(void **state)
         check_disk(img, model, size);
     }
     assert_int_equal(addcow_close(img), 0);
-    img = open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
-    check_disk(img, model, size);
-    assert_int_equal(addcow_close(img), 0);
+    check_reopened(p, model, size);
     free(model);
     free(data);
 }
@@ -825,16 +735,16 @@ static void test_write_zeroes_plain(void **state)
 static void test_truncate_grow_over_longer_backing(void **state)
 {
     (void)state;
-    const char *d = tdir("grow");
+    const char *d = tu_subdir("grow");
     const char *p = S("%s/x.add-cow", d);
     const uint64_t bsize = 20000, small = 4096, big = 32768;
     unsigned char model[32768];
 
-    make_raw(S("%s/base.raw", d), bsize, 51);
+    tu_make_raw(S("%s/base.raw", d), bsize, 51);
     memset(model, 0, sizeof(model));
     tu_fill_pattern(model, small, 51, 0);
     create_ok(p, small, "base.raw", "x.raw", NULL);
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
     EXPECT_VAL(addcow_pwrite(img, "abc", 3, 600), 3);
     memcpy(model + 600, "abc", 3);
     assert_int_equal(addcow_truncate(img, big), 0);
@@ -850,49 +760,47 @@ static void test_truncate_grow_over_longer_backing(void **state)
         assert_true(run > 0 && run <= big - off);
         off += run;
     }
-    assert_int_equal(tu_file_size(p), HDR_SIZE + bitmap_len_for(big));
+    assert_int_equal(tu_file_size(p), TU_HDR_SIZE + tu_bitmap_len(big));
     /* A write into the grown area, then it is still zeros around it. */
     EXPECT_VAL(addcow_pwrite(img, "xyz", 3, 10000), 3);
     memcpy(model + 10000, "xyz", 3);
     check_disk(img, model, big);
     assert_int_equal(addcow_close(img), 0);
 
-    img = open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
+    img = tu_open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
     assert_int_equal(addcow_get_size(img), big);
     check_disk(img, model, big);
     assert_int_equal(addcow_close(img), 0);
     unsigned char *b = tu_read_file(p, NULL);
     assert_non_null(b);
-    assert_int_equal(get_be(b + 2060, 8), big);
+    assert_int_equal(tu_get_be(b + TU_OFF_SIZE, 8), big);
     free(b);
 
     /* The image file is longer than the disk and holds old bytes past its
      * end (create keeps an existing image file): growing must not let
      * them show. */
     const char *q = S("%s/y.add-cow", d);
-    make_raw(S("%s/y.raw", d), big, 54);
+    tu_make_raw(S("%s/y.raw", d), big, 54);
     create_ok(q, small, "base.raw", "y.raw", NULL);
-    img = open_ok(q, ADDCOW_OPEN_RDWR, NULL);
+    img = tu_open_ok(q, ADDCOW_OPEN_RDWR, NULL);
     assert_int_equal(addcow_truncate(img, big), 0);
     memset(model, 0, sizeof(model));
     tu_fill_pattern(model, small, 51, 0);
     check_disk(img, model, big);
     assert_int_equal(addcow_close(img), 0);
-    img = open_ok(q, ADDCOW_OPEN_RDONLY, NULL);
-    check_disk(img, model, big);
-    assert_int_equal(addcow_close(img), 0);
+    check_reopened(q, model, big);
 }
 
 static void test_truncate_shrink_then_grow(void **state)
 {
     (void)state;
-    const char *d = tdir("shrink");
+    const char *d = tu_subdir("shrink");
     unsigned char model[16384], data[16384];
 
     /* No backing file. */
     const char *p = S("%s/x.add-cow", d);
     create_ok(p, 16384, NULL, "x.raw", NULL);
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
     tu_fill_pattern(data, sizeof(data), 52, 0);
     EXPECT_VAL(addcow_pwrite(img, data, sizeof(data), 0), sizeof(data));
     assert_int_equal(addcow_truncate(img, 8192), 0);
@@ -900,9 +808,9 @@ static void test_truncate_shrink_then_grow(void **state)
     /* The smaller size is on disk. */
     unsigned char *hb = tu_read_file(p, NULL);
     assert_non_null(hb);
-    assert_int_equal(get_be(hb + 2060, 8), 8192);
+    assert_int_equal(tu_get_be(hb + TU_OFF_SIZE, 8), 8192);
     free(hb);
-    img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+    img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
     assert_int_equal(addcow_get_size(img), 8192);
     check_disk(img, data, 8192);
     assert_int_equal(addcow_truncate(img, 4096), 0);
@@ -910,23 +818,21 @@ static void test_truncate_shrink_then_grow(void **state)
     EXPECT_VAL(addcow_pread(img, model, 100, 4096), 0);
     EXPECT_VAL(addcow_pread(img, model, 200, 4000), 96);
     assert_int_equal(addcow_get_allocated_bytes(img), 4096);
-    assert_int_equal(tu_file_size(p), HDR_SIZE + 1);
+    assert_int_equal(tu_file_size(p), TU_HDR_SIZE + 1);
     assert_true(tu_file_size(S("%s/x.raw", d)) <= 4096);
     assert_int_equal(addcow_truncate(img, 16384), 0);
     memset(model, 0, sizeof(model));
     memcpy(model, data, 4096);
     check_disk(img, model, sizeof(model));
     assert_int_equal(addcow_close(img), 0);
-    img = open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
-    check_disk(img, model, sizeof(model));
-    assert_int_equal(addcow_close(img), 0);
+    check_reopened(p, model, sizeof(model));
 
     /* Shrink and grow in one session, and with a longer backing file:
      * neither the old data nor the backing data come back. */
     const char *q = S("%s/y.add-cow", d);
-    make_raw(S("%s/base.raw", d), 16384, 53);
+    tu_make_raw(S("%s/base.raw", d), 16384, 53);
     create_ok(q, 16384, "base.raw", "y.raw", NULL);
-    img = open_ok(q, ADDCOW_OPEN_RDWR, NULL);
+    img = tu_open_ok(q, ADDCOW_OPEN_RDWR, NULL);
     EXPECT_VAL(addcow_pwrite(img, data, 3000, 6000), 3000);
     assert_int_equal(addcow_flush(img), 0);
     assert_int_equal(addcow_truncate(img, 5120), 0);
@@ -935,9 +841,7 @@ static void test_truncate_shrink_then_grow(void **state)
     tu_fill_pattern(model, 5120, 53, 0);
     check_disk(img, model, sizeof(model));
     assert_int_equal(addcow_close(img), 0);
-    img = open_ok(q, ADDCOW_OPEN_RDONLY, NULL);
-    check_disk(img, model, sizeof(model));
-    assert_int_equal(addcow_close(img), 0);
+    check_reopened(q, model, sizeof(model));
 }
 
 /* ---- block_status ------------------------------------------------------------- */
@@ -997,15 +901,15 @@ static void expect_run(addcow_image *img, uint64_t off, uint64_t len, int st, ui
 static void test_block_status(void **state)
 {
     (void)state;
-    const char *d = tdir("status");
+    const char *d = tu_subdir("status");
     const char *p = S("%s/x.add-cow", d);
     const uint64_t size = 65536;
     unsigned char data[32768];
 
     /* Backing file ends at 10000, inside sector 19. */
-    make_raw(S("%s/base.raw", d), 10000, 61);
+    tu_make_raw(S("%s/base.raw", d), 10000, 61);
     create_ok(p, size, "base.raw", "x.raw", NULL);
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
     memset(data, 7, sizeof(data));
     EXPECT_VAL(addcow_pwrite(img, data, 1536, 1024), 1536);        /* sectors 2..4 */
     EXPECT_VAL(addcow_pwrite(img, data, 30720, 20480), 30720);     /* sectors 40..99 */
@@ -1040,7 +944,7 @@ static void test_block_status(void **state)
     const char *b = S("%s/b.add-cow", d), *t = S("%s/t.add-cow", d);
     create_ok(b, 5120, NULL, "b.raw", NULL);
     create_ok(t, 16384, "b.add-cow", "t.raw", NULL);
-    img = open_ok(t, ADDCOW_OPEN_RDONLY, NULL);
+    img = tu_open_ok(t, ADDCOW_OPEN_RDONLY, NULL);
     expect_run(img, 0, 16384, 0, 5120);
     expect_run(img, 5120, 16384 - 5120, ADDCOW_STATUS_ZERO, 16384 - 5120);
     assert_int_equal(addcow_close(img), 0);
@@ -1051,7 +955,7 @@ static void test_block_status(void **state)
 static void test_block_status_random(void **state)
 {
     (void)state;
-    const char *d = tdir("statusrandom");
+    const char *d = tu_subdir("statusrandom");
     uint64_t seed = tu_seed("test_block_status_random");
     const uint64_t sectors = 300, size = sectors * SECTOR;
     unsigned char *alloc = calloc(1, sectors), *data = calloc(1, size);
@@ -1064,9 +968,9 @@ static void test_block_status_random(void **state)
         if (round == 0)
             m.bsize = 0;
         const char *p = S("%s/x%u.add-cow", d, round);
-        make_raw(S("%s/base%u.raw", d, round), (size_t)m.bsize, round);
+        tu_make_raw(S("%s/base%u.raw", d, round), (size_t)m.bsize, round);
         create_ok(p, size, S("base%u.raw", round), S("x%u.raw", round), NULL);
-        addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+        addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
         memset(alloc, 0, sectors);
         /* Runs of allocated sectors of all lengths, crossing 64-bit words. */
         unsigned nwrites = (unsigned)tu_rand_below(&seed, 25);
@@ -1109,13 +1013,13 @@ static void test_block_status_random(void **state)
 static void test_allocated_bytes(void **state)
 {
     (void)state;
-    const char *d = tdir("allocated");
+    const char *d = tu_subdir("allocated");
     const char *p = S("%s/x.add-cow", d);
     unsigned char data[8192];
     memset(data, 0x5A, sizeof(data));
-    make_raw(S("%s/base.raw", d), 3000, 71);
+    tu_make_raw(S("%s/base.raw", d), 3000, 71);
     create_ok(p, 1 << 20, "base.raw", "x.raw", NULL);
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
 
     assert_int_equal(addcow_get_allocated_bytes(img), 0);
     EXPECT_VAL(addcow_pwrite(img, data, 1, 0), 1);
@@ -1131,7 +1035,7 @@ static void test_allocated_bytes(void **state)
     EXPECT_VAL(addcow_pwrite(img, data, 0, 5000), 0);
     assert_int_equal(addcow_get_allocated_bytes(img), 12 * 512);
     assert_int_equal(addcow_close(img), 0);
-    img = open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
+    img = tu_open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
     assert_int_equal(addcow_get_allocated_bytes(img), 12 * 512);
     assert_int_equal(addcow_close(img), 0);
 }
@@ -1141,12 +1045,12 @@ static void test_allocated_bytes(void **state)
 static void test_writethrough(void **state)
 {
     (void)state;
-    const char *d = tdir("writethrough");
+    const char *d = tu_subdir("writethrough");
     const char *p = S("%s/x.add-cow", d);
-    make_raw(S("%s/base.raw", d), 8192, 81);
+    tu_make_raw(S("%s/base.raw", d), 8192, 81);
     create_ok(p, 1 << 20, "base.raw", "x.raw", NULL);
-    addcow_options *o = opts1("cache", "writethrough");
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, o);
+    addcow_options *o = tu_options1("cache", "writethrough");
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, o);
 
     assert_int_equal(disk_bit(p, 5), 0);
     EXPECT_VAL(addcow_pwrite(img, "a", 1, 5 * 512 + 3), 1);
@@ -1172,10 +1076,10 @@ static void test_writethrough(void **state)
 static void test_writeback_flush(void **state)
 {
     (void)state;
-    const char *d = tdir("writeback");
+    const char *d = tu_subdir("writeback");
     const char *p = S("%s/x.add-cow", d);
     create_ok(p, 1 << 20, NULL, "x.raw", NULL);
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
 
     EXPECT_VAL(addcow_pwrite(img, "a", 1, 5 * 512), 1);
     assert_int_equal(disk_bit(p, 5), 0);
@@ -1194,7 +1098,7 @@ static void test_writeback_flush(void **state)
 static void test_cache_none(void **state)
 {
     (void)state;
-    const char *d = tdir("cachenone");
+    const char *d = tu_subdir("cachenone");
     const char *p = S("%s/x.add-cow", d);
     const size_t size = 256 * 1024, bsize = 10000;
     unsigned char *model = calloc(1, size), *aligned = NULL, *raw = malloc(8192 + 1);
@@ -1202,10 +1106,10 @@ static void test_cache_none(void **state)
     assert_non_null(raw);
     assert_int_equal(posix_memalign((void **)&aligned, 4096, 65536), 0);
 
-    make_raw(S("%s/base.raw", d), bsize, 91);
+    tu_make_raw(S("%s/base.raw", d), bsize, 91);
     tu_fill_pattern(model, bsize, 91, 0);
     create_ok(p, size, "base.raw", "x.raw", NULL);
-    addcow_options *o = opts1("cache", "none");
+    addcow_options *o = tu_options1("cache", "none");
     addcow_image *img = NULL;
     int r = addcow_open(p, ADDCOW_OPEN_RDWR, o, &img);
     if (r == -EINVAL) {
@@ -1241,10 +1145,8 @@ static void test_cache_none(void **state)
     check_disk(img, model, size);
     assert_int_equal(addcow_close(img), 0);
 
-    img = open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
-    check_disk(img, model, size);
-    assert_int_equal(addcow_close(img), 0);
-    img = open_ok(p, ADDCOW_OPEN_RDONLY, o);
+    check_reopened(p, model, size);
+    img = tu_open_ok(p, ADDCOW_OPEN_RDONLY, o);
     check_disk(img, model, size);
     assert_int_equal(addcow_close(img), 0);
     addcow_options_free(o);
@@ -1256,12 +1158,12 @@ static void test_cache_none(void **state)
 static void test_backing_format_raw(void **state)
 {
     (void)state;
-    const char *d = tdir("bfmt");
+    const char *d = tu_subdir("bfmt");
     const char *b = S("%s/b.add-cow", d), *t = S("%s/t.add-cow", d);
     unsigned char model[8192], pat[4096];
 
     create_ok(b, 4096, NULL, "b.raw", NULL);
-    addcow_image *img = open_ok(b, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(b, ADDCOW_OPEN_RDWR, NULL);
     tu_fill_pattern(pat, sizeof(pat), 101, 0);
     EXPECT_VAL(addcow_pwrite(img, pat, sizeof(pat), 0), sizeof(pat));
     assert_int_equal(addcow_close(img), 0);
@@ -1271,28 +1173,28 @@ static void test_backing_format_raw(void **state)
     size_t blen;
     unsigned char *bbytes = tu_read_file(b, &blen);
     assert_non_null(bbytes);
-    assert_int_equal(blen, HDR_SIZE + 1);
+    assert_int_equal(blen, TU_HDR_SIZE + 1);
     memset(model, 0, sizeof(model));
     memcpy(model, bbytes, blen);
     free(bbytes);
-    addcow_options *o = opts1("backing-format", "raw");
-    img = open_ok(t, ADDCOW_OPEN_RDONLY, o);
+    addcow_options *o = tu_options1("backing-format", "raw");
+    img = tu_open_ok(t, ADDCOW_OPEN_RDONLY, o);
     check_disk(img, model, sizeof(model));
-    expect_run(img, 0, 8192, 0, HDR_SIZE + 1);
-    expect_run(img, HDR_SIZE + 1, 8192 - HDR_SIZE - 1, ADDCOW_STATUS_ZERO,
-               8192 - HDR_SIZE - 1);
+    expect_run(img, 0, 8192, 0, TU_HDR_SIZE + 1);
+    expect_run(img, TU_HDR_SIZE + 1, 8192 - TU_HDR_SIZE - 1, ADDCOW_STATUS_ZERO,
+               8192 - TU_HDR_SIZE - 1);
     assert_int_equal(addcow_close(img), 0);
     addcow_options_free(o);
 
     /* auto and add-cow: the backing image's virtual disk. */
     memset(model, 0, sizeof(model));
     memcpy(model, pat, sizeof(pat));
-    img = open_ok(t, ADDCOW_OPEN_RDONLY, NULL);
+    img = tu_open_ok(t, ADDCOW_OPEN_RDONLY, NULL);
     check_disk(img, model, sizeof(model));
     expect_run(img, 0, 8192, 0, 4096);
     assert_int_equal(addcow_close(img), 0);
-    o = opts1("backing-format", "add-cow");
-    img = open_ok(t, ADDCOW_OPEN_RDONLY, o);
+    o = tu_options1("backing-format", "add-cow");
+    img = tu_open_ok(t, ADDCOW_OPEN_RDONLY, o);
     check_disk(img, model, sizeof(model));
     assert_int_equal(addcow_close(img), 0);
     addcow_options_free(o);
@@ -1301,22 +1203,22 @@ static void test_backing_format_raw(void **state)
 static void test_chain_read(void **state)
 {
     (void)state;
-    const char *d = tdir("chain");
+    const char *d = tu_subdir("chain");
     unsigned char model[8192], data[512];
-    make_raw(S("%s/base.raw", d), 5000, 111);
+    tu_make_raw(S("%s/base.raw", d), 5000, 111);
     memset(model, 0, sizeof(model));
     tu_fill_pattern(model, 5000, 111, 0);
 
     const char *mid = S("%s/mid.add-cow", d), *top = S("%s/top.add-cow", d);
     create_ok(mid, 8192, "base.raw", "mid.raw", NULL);
-    addcow_image *img = open_ok(mid, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(mid, ADDCOW_OPEN_RDWR, NULL);
     tu_fill_pattern(data, sizeof(data), 112, 0);
     EXPECT_VAL(addcow_pwrite(img, data, 100, 1024 + 50), 100);      /* sector 2 */
     memcpy(model + 1024 + 50, data, 100);
     assert_int_equal(addcow_close(img), 0);
 
     create_ok(top, 0, "mid.add-cow", "top.raw", NULL);
-    img = open_ok(top, ADDCOW_OPEN_RDWR, NULL);
+    img = tu_open_ok(top, ADDCOW_OPEN_RDWR, NULL);
     assert_int_equal(addcow_get_size(img), 8192);
     check_disk(img, model, sizeof(model));
     tu_fill_pattern(data, sizeof(data), 113, 0);
@@ -1328,7 +1230,7 @@ static void test_chain_read(void **state)
     assert_int_equal(addcow_get_allocated_bytes(img), 1024);
     assert_int_equal(addcow_close(img), 0);
     /* The middle image is unchanged. */
-    img = open_ok(mid, ADDCOW_OPEN_RDONLY, NULL);
+    img = tu_open_ok(mid, ADDCOW_OPEN_RDONLY, NULL);
     assert_int_equal(addcow_get_allocated_bytes(img), 512);
     assert_int_equal(addcow_close(img), 0);
 }
@@ -1336,17 +1238,17 @@ static void test_chain_read(void **state)
 static void test_reopen(void **state)
 {
     (void)state;
-    const char *d = tdir("reopen");
+    const char *d = tu_subdir("reopen");
     const char *p = S("%s/x.add-cow", d);
     const size_t size = 128 * 1024;
     unsigned char *model = calloc(1, size), data[3000];
     assert_non_null(model);
-    make_raw(S("%s/base.raw", d), 50000, 121);
+    tu_make_raw(S("%s/base.raw", d), 50000, 121);
     tu_fill_pattern(model, 50000, 121, 0);
     create_ok(p, size, "base.raw", "x.raw", NULL);
 
     for (int round = 0; round < 3; round++) {
-        addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+        addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
         check_disk(img, model, size);
         tu_fill_pattern(data, sizeof(data), 122 + (uint32_t)round, 0);
         uint64_t off = 12345 + (uint64_t)round * 30011;
@@ -1354,7 +1256,7 @@ static void test_reopen(void **state)
         memcpy(model + off, data, sizeof(data));
         assert_int_equal(addcow_close(img), 0);
     }
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
     check_disk(img, model, size);
     assert_int_equal(addcow_close(img), 0);
     free(model);
@@ -1363,21 +1265,21 @@ static void test_reopen(void **state)
 static void test_readonly_reads(void **state)
 {
     (void)state;
-    const char *d = tdir("rdonly");
+    const char *d = tu_subdir("rdonly");
     const char *p = S("%s/x.add-cow", d);
     unsigned char model[16384], data[2000];
-    make_raw(S("%s/base.raw", d), 7000, 131);
+    tu_make_raw(S("%s/base.raw", d), 7000, 131);
     memset(model, 0, sizeof(model));
     tu_fill_pattern(model, 7000, 131, 0);
     create_ok(p, sizeof(model), "base.raw", "x.raw", NULL);
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
     tu_fill_pattern(data, sizeof(data), 132, 0);
     EXPECT_VAL(addcow_pwrite(img, data, sizeof(data), 6000), sizeof(data));
     memcpy(model + 6000, data, sizeof(data));
     assert_int_equal(addcow_close(img), 0);
 
-    addcow_image *a = open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
-    addcow_image *b = open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
+    addcow_image *a = tu_open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
+    addcow_image *b = tu_open_ok(p, ADDCOW_OPEN_RDONLY, NULL);
     check_disk(a, model, sizeof(model));
     check_disk(b, model, sizeof(model));
     assert_int_equal(addcow_get_size(a), sizeof(model));
@@ -1393,11 +1295,11 @@ static void test_readonly_reads(void **state)
 static void test_close_flushes(void **state)
 {
     (void)state;
-    const char *d = tdir("closeflush");
+    const char *d = tu_subdir("closeflush");
     const char *p = S("%s/x.add-cow", d);
     unsigned char data[512];
     create_ok(p, 1 << 20, NULL, "x.raw", NULL);
-    addcow_image *img = open_ok(p, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(p, ADDCOW_OPEN_RDWR, NULL);
     tu_fill_pattern(data, sizeof(data), 141, 0);
     EXPECT_VAL(addcow_pwrite(img, data, sizeof(data), 3 * 512), 512);
     EXPECT_VAL(addcow_pwrite(img, data, 10, 100 * 512 + 7), 10);
@@ -1445,5 +1347,5 @@ int main(void)
         cmocka_unit_test(test_close_flushes),
     };
     tu_scratch();
-    return cmocka_run_group_tests(tests, NULL, free_pool);
+    return cmocka_run_group_tests(tests, NULL, tu_free_strings);
 }

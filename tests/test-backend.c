@@ -21,7 +21,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/uio.h>
 
 #include <cmocka.h>
@@ -100,6 +99,37 @@ static void check_reads_model(addcow_image *img, const struct model *m, const ch
     /* Past the end: nothing. */
     assert_int_equal(addcow_pread(img, buf, 1, m->size), 0);
     free(buf);
+}
+
+/* A fresh memfs holding the backing file M_BACK (BACKING_LEN bytes of
+ * backing_bytes(), also returned in *back) and options that put the library
+ * on it.  Undone by fs_done(). */
+static struct memfs *fs_with_backing(addcow_options **o, unsigned char **back)
+{
+    struct memfs *fs = memfs_new();
+    *o = memfs_options(fs);
+    *back = malloc(BACKING_LEN);
+    assert_true(fs && *o && *back);
+    backing_bytes(*back);
+    assert_int_equal(memfs_put(fs, M_BACK, *back, BACKING_LEN), 0);
+    return fs;
+}
+
+static void fs_done(struct memfs *fs, addcow_options *o, unsigned char *back)
+{
+    free(back);
+    addcow_options_free(o);
+    memfs_free(fs);
+}
+
+/* Creates M_ADDCOW (DISK bytes over base.raw, image file disk.raw) and opens
+ * it read-write. */
+static addcow_image *create_and_open(addcow_options *o)
+{
+    addcow_image *img = NULL;
+    assert_int_equal(addcow_create(M_ADDCOW, DISK, "base.raw", "disk.raw", o), 0);
+    assert_int_equal(addcow_open(M_ADDCOW, ADDCOW_OPEN_RDWR, o, &img), 0);
+    return img;
 }
 
 /* ---- memfs on its own ------------------------------------------------------ */
@@ -399,6 +429,34 @@ static int64_t do_write(addcow_image *img, const struct step *s, const unsigned 
     return addcow_pwritev(img, v, 3, s->off);
 }
 
+/* Runs a step other than S_READ on the image at path (*img: its handle, once
+ * open; a write's data in data).  Returns 0 on success (a write that wrote
+ * everything), else what the call returned. */
+static int64_t do_step(const char *path, addcow_options *o, addcow_image **img,
+                       const struct step *s, const unsigned char *data)
+{
+    int64_t r = 0;
+    switch (s->kind) {
+    case S_CREATE: r = addcow_create(path, s->off, "base.raw", "disk.raw", o); break;
+    case S_OPEN: r = addcow_open(path, ADDCOW_OPEN_RDWR, o, img); break;
+    case S_WRITE:
+    case S_WRITEV:
+        r = do_write(*img, s, data);
+        if (r == (int64_t)s->len)
+            r = 0;
+        break;
+    case S_ZERO: r = addcow_write_zeroes(*img, s->off, s->len, s->flags); break;
+    case S_FLUSH: r = addcow_flush(*img); break;
+    case S_TRUNC: r = addcow_truncate(*img, s->off); break;
+    case S_READ: fail_msg("do_step: S_READ is the caller's"); break;
+    case S_CLOSE:
+        r = addcow_close(*img);
+        *img = NULL;
+        break;
+    }
+    return r;
+}
+
 /* Applies a step to the model (what the disk holds if the step succeeds). */
 static void model_step(struct model *m, const struct step *s, const unsigned char *data)
 {
@@ -493,19 +551,7 @@ static void run_steps(const char *dir, addcow_options *o, struct memfs *fs,
         int64_t r = 0;
         if (s->kind == S_WRITE || s->kind == S_WRITEV)
             tu_fill_pattern(data, s->len, s->seed, s->off);
-        switch (s->kind) {
-        case S_CREATE: r = addcow_create(path, s->off, "base.raw", "disk.raw", o); break;
-        case S_OPEN: r = addcow_open(path, ADDCOW_OPEN_RDWR, o, &img); break;
-        case S_WRITE:
-        case S_WRITEV:
-            r = do_write(img, s, data);
-            if (r == (int64_t)s->len)
-                r = 0;
-            break;
-        case S_ZERO: r = addcow_write_zeroes(img, s->off, s->len, s->flags); break;
-        case S_FLUSH: r = addcow_flush(img); break;
-        case S_TRUNC: r = addcow_truncate(img, s->off); break;
-        case S_READ: {
+        if (s->kind == S_READ) {
             uint64_t want = s->len;
             if (s->off + want > m->size)
                 want = m->size - s->off;
@@ -513,12 +559,8 @@ static void run_steps(const char *dir, addcow_options *o, struct memfs *fs,
             assert_int_equal(r, (int64_t)want);
             assert_memory_equal(rbuf, m->buf + s->off, want);
             r = 0;
-            break;
-        }
-        case S_CLOSE:
-            r = addcow_close(img);
-            img = NULL;
-            break;
+        } else {
+            r = do_step(path, o, &img, s, data);
         }
         if (r != 0)
             fail_msg("step %zu (%s off %" PRIu64 " len %" PRIu64 ") returned %" PRId64
@@ -563,14 +605,8 @@ static void test_matches_posix(void **state)
         size_t n = gen_steps(&rng, steps, sizeof(steps) / sizeof(steps[0]));
 
         /* Real files, in a fresh folder. */
-        char sub[32];
-        snprintf(sub, sizeof(sub), "posix-%u", round);
-        char *dir = tu_path(sub), *bpath;
-        char cmd[64];
-        snprintf(cmd, sizeof(cmd), "%s/base.raw", sub);
-        assert_int_equal(mkdir(dir, 0755), 0);
-        bpath = tu_path(cmd);
-        assert_int_equal(tu_write_file(bpath, back, BACKING_LEN), 0);
+        const char *dir = tu_subdir(tu_str("posix-%u", round));
+        assert_int_equal(tu_write_file(tu_str("%s/base.raw", dir), back, BACKING_LEN), 0);
         struct outcome px, mx;
         run_steps(dir, NULL, NULL, steps, n, &px);
 
@@ -594,8 +630,6 @@ static void test_matches_posix(void **state)
         free(mx.image);
         addcow_options_free(o);
         memfs_free(fs);
-        free(dir);
-        free(bpath);
     }
     free(back);
 }
@@ -605,12 +639,10 @@ static void test_matches_posix(void **state)
 static void test_memfs_refusals(void **state)
 {
     (void)state;
-    struct memfs *fs = memfs_new();
-    addcow_options *o = memfs_options(fs);
+    addcow_options *o;
+    unsigned char *back;
+    struct memfs *fs = fs_with_backing(&o, &back);
     addcow_image *a = NULL, *b = NULL;
-    unsigned char *back = malloc(BACKING_LEN);
-    backing_bytes(back);
-    assert_int_equal(memfs_put(fs, M_BACK, back, BACKING_LEN), 0);
     assert_int_equal(addcow_create(M_ADDCOW, DISK, "base.raw", "disk.raw", o), 0);
 
     /* Two writers in one process: the second is refused. */
@@ -650,9 +682,7 @@ static void test_memfs_refusals(void **state)
     assert_int_equal(memfs_exists(fs, "/f/o.raw"), 0);
     assert_int_equal(memfs_open_handles(fs), 0);
     free(img);
-    free(back);
-    addcow_options_free(o);
-    memfs_free(fs);
+    fs_done(fs, o, back);
 }
 
 /* ---- fault injection ---------------------------------------------------------- */
@@ -802,9 +832,9 @@ static const int fault_errnos[] = { EIO, ENOSPC, EDQUOT, EROFS };
  * on; returns the number of memfs operations the steps performed. */
 static uint64_t run_fault_script(uint64_t nth, bool sticky, int err, struct fault_stats *st)
 {
-    struct memfs *fs = memfs_new();
-    addcow_options *o = memfs_options(fs);
-    unsigned char *back = malloc(BACKING_LEN), *data = malloc(MAXDISK);
+    addcow_options *o;
+    unsigned char *back, *data = malloc(MAXDISK);
+    struct memfs *fs = fs_with_backing(&o, &back);
     struct model *m = malloc(sizeof(*m)), *want = malloc(sizeof(*m));
     struct snaps snaps = { .n = 0 };
     addcow_image *img = NULL;
@@ -812,9 +842,7 @@ static uint64_t run_fault_script(uint64_t nth, bool sticky, int err, struct faul
     char ctx[256], fname[256];
     int failed_step = -1;
 
-    assert_true(fs && o && back && data && m && want);
-    backing_bytes(back);
-    assert_int_equal(memfs_put(fs, M_BACK, back, BACKING_LEN), 0);
+    assert_true(data && m && want);
     memset(m, 0, sizeof(*m));
     if (nth > 0) {
         struct memfs_fault f = { MEMFS_OP_ALL, NULL, nth, sticky, err };
@@ -831,19 +859,7 @@ static uint64_t run_fault_script(uint64_t nth, bool sticky, int err, struct faul
         memcpy(want, m, sizeof(*m));
         model_step(want, s, data);
         uint64_t hits = memfs_fault_hits(fs);
-        switch (s->kind) {
-        case S_CREATE: r = addcow_create(M_ADDCOW, s->off, "base.raw", "disk.raw", o); break;
-        case S_OPEN: r = addcow_open(M_ADDCOW, ADDCOW_OPEN_RDWR, o, &img); break;
-        case S_WRITE:
-        case S_WRITEV:
-            r = do_write(img, s, data);
-            if (r == (int64_t)s->len)
-                r = 0;
-            break;
-        case S_ZERO: r = addcow_write_zeroes(img, s->off, s->len, s->flags); break;
-        case S_FLUSH: r = addcow_flush(img); break;
-        case S_TRUNC: r = addcow_truncate(img, s->off); break;
-        case S_READ: {
+        if (s->kind == S_READ) {
             unsigned char *rb = malloc(s->len);
             r = addcow_pread(img, rb, s->len, s->off);
             if (r == (int64_t)s->len) {
@@ -854,12 +870,8 @@ static uint64_t run_fault_script(uint64_t nth, bool sticky, int err, struct faul
                 r = 0;
             }
             free(rb);
-            break;
-        }
-        case S_CLOSE:
-            r = addcow_close(img);
-            img = NULL;
-            break;
+        } else {
+            r = do_step(M_ADDCOW, o, &img, s, data);
         }
         bool hit = memfs_fault_hits(fs) > hits;
         unsigned op = 0;
@@ -956,12 +968,10 @@ static uint64_t run_fault_script(uint64_t nth, bool sticky, int err, struct faul
     }
     assert_int_equal(memfs_open_handles(fs), 0);
     snaps_reset(&snaps);
-    free(back);
     free(data);
     free(m);
     free(want);
-    addcow_options_free(o);
-    memfs_free(fs);
+    fs_done(fs, o, back);
     return ops_done;
 }
 
@@ -970,19 +980,15 @@ static uint64_t run_fault_script(uint64_t nth, bool sticky, int err, struct faul
 static void test_snap_check_catches(void **state)
 {
     (void)state;
-    struct memfs *fs = memfs_new();
-    addcow_options *o = memfs_options(fs);
-    unsigned char *back = malloc(BACKING_LEN), data[SECTOR];
+    addcow_options *o;
+    unsigned char *back, data[SECTOR];
+    struct memfs *fs = fs_with_backing(&o, &back);
     struct model *m = malloc(sizeof(*m));
     struct snaps sn = { .n = 0 };
-    addcow_image *img;
     char why[256];
-    backing_bytes(back);
     tu_fill_pattern(data, sizeof(data), 11, 0);
-    assert_int_equal(memfs_put(fs, M_BACK, back, BACKING_LEN), 0);
-    assert_int_equal(addcow_create(M_ADDCOW, DISK, "base.raw", "disk.raw", o), 0);
+    addcow_image *img = create_and_open(o);
     model_init(m, DISK);
-    assert_int_equal(addcow_open(M_ADDCOW, ADDCOW_OPEN_RDWR, o, &img), 0);
     assert_int_equal(addcow_pwrite(img, data, SECTOR, 7 * SECTOR), SECTOR);
     assert_int_equal(addcow_close(img), 0);
     model_write(m, 7 * SECTOR, data, SECTOR);
@@ -1007,7 +1013,7 @@ static void test_snap_check_catches(void **state)
 
     /* The bit of sector 7 lost: it reads the backing file again. */
     raw = memfs_get(fs, M_ADDCOW, &len);
-    raw[2068 + 0] &= (unsigned char)~0x80;
+    raw[TU_HDR_SIZE + 0] &= (unsigned char)~0x80;
     assert_int_equal(memfs_put(fs, M_ADDCOW, raw, len), 0);
     free(raw);
     assert_int_equal(addcow_open(M_ADDCOW, ADDCOW_OPEN_RDONLY, o, &img), 0);
@@ -1016,9 +1022,7 @@ static void test_snap_check_catches(void **state)
 
     snaps_reset(&sn);
     free(m);
-    free(back);
-    addcow_options_free(o);
-    memfs_free(fs);
+    fs_done(fs, o, back);
 }
 
 static void fault_each_op(bool sticky)
@@ -1060,14 +1064,10 @@ static void test_fault_each_op_sticky(void **state)
 static void test_fault_by_name(void **state)
 {
     (void)state;
-    struct memfs *fs = memfs_new();
-    addcow_options *o = memfs_options(fs);
-    unsigned char *back = malloc(BACKING_LEN), buf[2048], data[2048];
-    addcow_image *img;
-    backing_bytes(back);
-    assert_int_equal(memfs_put(fs, M_BACK, back, BACKING_LEN), 0);
-    assert_int_equal(addcow_create(M_ADDCOW, DISK, "base.raw", "disk.raw", o), 0);
-    assert_int_equal(addcow_open(M_ADDCOW, ADDCOW_OPEN_RDWR, o, &img), 0);
+    addcow_options *o;
+    unsigned char *back, buf[2048], data[2048];
+    struct memfs *fs = fs_with_backing(&o, &back);
+    addcow_image *img = create_and_open(o);
     tu_fill_pattern(data, sizeof(data), 77, 0);
 
     /* Image file writes refused. */
@@ -1106,7 +1106,7 @@ static void test_fault_by_name(void **state)
     for (size_t i = 0; i < memfs_rec_count(fs); i++) {
         const struct memfs_rec *r = memfs_rec_at(fs, i);
         if (r->kind == MEMFS_REC_WRITE && strcmp(r->name, M_ADDCOW) == 0 &&
-            r->offset <= 2068 + 5 && r->offset + r->length > 2068 + 5)
+            r->offset <= TU_HDR_SIZE + 5 && r->offset + r->length > TU_HDR_SIZE + 5)
             wrote_bits = true;
         if (r->kind == MEMFS_REC_FLUSH && strcmp(r->name, M_ADDCOW) == 0)
             flushed_acf = wrote_bits;
@@ -1115,7 +1115,7 @@ static void test_fault_by_name(void **state)
     assert_true(flushed_acf);
     unsigned char *d = memfs_get_durable(fs, M_ADDCOW, NULL);
     assert_non_null(d);
-    assert_int_equal(d[2068 + 5] & 0x01, 0x01);            /* sector 40 */
+    assert_int_equal(d[TU_HDR_SIZE + 5] & 0x01, 0x01);     /* sector 40 */
     free(d);
 
     /* Punching refused with an error: write_zeroes fails; unsupported:
@@ -1153,9 +1153,7 @@ static void test_fault_by_name(void **state)
     }
     assert_true(old || neu);
     assert_int_equal(addcow_close(img), 0);
-    free(back);
-    addcow_options_free(o);
-    memfs_free(fs);
+    fs_done(fs, o, back);
 }
 
 /* EINTR from a read or a write is retried (the documented mapping: it is
@@ -1163,14 +1161,10 @@ static void test_fault_by_name(void **state)
 static void test_eintr_and_short_io(void **state)
 {
     (void)state;
-    struct memfs *fs = memfs_new();
-    addcow_options *o = memfs_options(fs);
-    unsigned char *back = malloc(BACKING_LEN), buf[3000], data[3000];
-    addcow_image *img;
-    backing_bytes(back);
-    assert_int_equal(memfs_put(fs, M_BACK, back, BACKING_LEN), 0);
-    assert_int_equal(addcow_create(M_ADDCOW, DISK, "base.raw", "disk.raw", o), 0);
-    assert_int_equal(addcow_open(M_ADDCOW, ADDCOW_OPEN_RDWR, o, &img), 0);
+    addcow_options *o;
+    unsigned char *back, buf[3000], data[3000];
+    struct memfs *fs = fs_with_backing(&o, &back);
+    addcow_image *img = create_and_open(o);
     tu_fill_pattern(data, sizeof(data), 5, 0);
 
     struct memfs_fault f = { MEMFS_OP_READ | MEMFS_OP_WRITE, NULL, 1, false, EINTR };
@@ -1202,9 +1196,7 @@ static void test_eintr_and_short_io(void **state)
     assert_int_equal(addcow_pread(img, buf, 2000, 20001), 2000);
     assert_memory_equal(buf, data + 5, 2000);
     assert_int_equal(addcow_close(img), 0);
-    free(back);
-    addcow_options_free(o);
-    memfs_free(fs);
+    fs_done(fs, o, back);
 }
 
 /* A shrink whose size-field flush fails: the handle must not go on
@@ -1212,15 +1204,11 @@ static void test_eintr_and_short_io(void **state)
 static void test_failed_shrink_then_write(void **state)
 {
     (void)state;
-    struct memfs *fs = memfs_new();
-    addcow_options *o = memfs_options(fs);
-    unsigned char *back = malloc(BACKING_LEN), data[1000], buf[1000];
-    addcow_image *img;
-    backing_bytes(back);
+    addcow_options *o;
+    unsigned char *back, data[1000], buf[1000];
+    struct memfs *fs = fs_with_backing(&o, &back);
     tu_fill_pattern(data, sizeof(data), 9, 0);
-    assert_int_equal(memfs_put(fs, M_BACK, back, BACKING_LEN), 0);
-    assert_int_equal(addcow_create(M_ADDCOW, DISK, "base.raw", "disk.raw", o), 0);
-    assert_int_equal(addcow_open(M_ADDCOW, ADDCOW_OPEN_RDWR, o, &img), 0);
+    addcow_image *img = create_and_open(o);
     assert_int_equal(addcow_flush(img), 0);
 
     /* The flush after the size field's write. */
@@ -1246,9 +1234,7 @@ static void test_failed_shrink_then_write(void **state)
         assert_int_equal(size2, 32 * 1024);
     }
     assert_int_equal(addcow_close(img), 0);
-    free(back);
-    addcow_options_free(o);
-    memfs_free(fs);
+    fs_done(fs, o, back);
     if (lost)
         fail_msg("after a failed shrink the handle kept size %" PRId64 " and accepted a "
                  "write at 40960, but the image reopens with size %" PRId64
@@ -1261,12 +1247,10 @@ static void test_failed_shrink_then_write(void **state)
 static void test_probe_read_error(void **state)
 {
     (void)state;
-    struct memfs *fs = memfs_new();
-    addcow_options *o = memfs_options(fs);
-    unsigned char *back = malloc(BACKING_LEN), buf[512];
+    addcow_options *o;
+    unsigned char *back, buf[512];
+    struct memfs *fs = fs_with_backing(&o, &back);
     addcow_image *img = NULL;
-    backing_bytes(back);
-    assert_int_equal(memfs_put(fs, M_BACK, back, BACKING_LEN), 0);
     assert_int_equal(addcow_create("/f/mid.add-cow", DISK, "base.raw", "mid.raw", o), 0);
     assert_int_equal(addcow_create(M_ADDCOW, DISK, "mid.add-cow", "disk.raw", o), 0);
 
@@ -1279,9 +1263,7 @@ static void test_probe_read_error(void **state)
         assert_int_equal(addcow_pread(img, buf, sizeof(buf), 0), (int64_t)sizeof(buf));
         bool right = memcmp(buf, back, sizeof(buf)) == 0;
         assert_int_equal(addcow_close(img), 0);
-        free(back);
-        addcow_options_free(o);
-        memfs_free(fs);
+        fs_done(fs, o, back);
         if (!right)
             fail_msg("a read error while probing the backing file's format was ignored: "
                      "the add-cow backing file was taken for raw and its header bytes "
@@ -1290,9 +1272,7 @@ static void test_probe_read_error(void **state)
     }
     assert_int_equal(r, -EIO);
     check_message("addcow_open", EIO, "/f/mid.add-cow", "probe");
-    free(back);
-    addcow_options_free(o);
-    memfs_free(fs);
+    fs_done(fs, o, back);
 }
 
 /* memfs under the library used from several threads at once: each thread
@@ -1325,16 +1305,12 @@ static void test_threads_on_memfs(void **state)
 {
     (void)state;
     uint64_t seed = tu_seed("test_threads_on_memfs");
-    struct memfs *fs = memfs_new();
-    addcow_options *o = memfs_options(fs);
-    unsigned char *back = malloc(BACKING_LEN), *buf = malloc(16 * 1024);
+    addcow_options *o;
+    unsigned char *back, *buf = malloc(16 * 1024);
+    struct memfs *fs = fs_with_backing(&o, &back);
     struct writer *w = calloc(4, sizeof(*w));
     pthread_t t[4];
-    addcow_image *img;
-    backing_bytes(back);
-    assert_int_equal(memfs_put(fs, M_BACK, back, BACKING_LEN), 0);
-    assert_int_equal(addcow_create(M_ADDCOW, DISK, "base.raw", "disk.raw", o), 0);
-    assert_int_equal(addcow_open(M_ADDCOW, ADDCOW_OPEN_RDWR, o, &img), 0);
+    addcow_image *img = create_and_open(o);
     for (int i = 0; i < 4; i++) {
         w[i].img = img;
         w[i].base = (uint64_t)i * sizeof(w[i].model);
@@ -1357,9 +1333,7 @@ static void test_threads_on_memfs(void **state)
     assert_int_equal(memfs_open_handles(fs), 0);
     free(w);
     free(buf);
-    free(back);
-    addcow_options_free(o);
-    memfs_free(fs);
+    fs_done(fs, o, back);
 }
 
 int main(void)
@@ -1379,5 +1353,5 @@ int main(void)
         cmocka_unit_test(test_probe_read_error),
     };
     tu_scratch();
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, NULL, tu_free_strings);
 }

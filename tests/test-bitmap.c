@@ -93,17 +93,12 @@ static void model_index(struct model *m)
     }
 }
 
-static uint64_t min_u64(uint64_t a, uint64_t b)
-{
-    return a < b ? a : b;
-}
-
 /* Checks every query on [s, e) against the indexed model. */
 static void check_range(const struct ac_bitmap *bm, const struct model *m,
                         uint64_t s, uint64_t e)
 {
-    uint64_t want_set = min_u64(m->next_set[s], e);
-    uint64_t want_clear = min_u64(m->next_clear[s], e);
+    uint64_t want_set = tu_min_u64(m->next_set[s], e);
+    uint64_t want_clear = tu_min_u64(m->next_clear[s], e);
     uint64_t want_count = m->prefix[e] - m->prefix[s];
     uint64_t got;
 
@@ -168,7 +163,7 @@ static void verify(const struct ac_bitmap *bm, struct model *m, uint64_t *rng)
     for (int k = 0; k < 64; k++) {
         uint64_t a = tu_rand_below(rng, m->nbits + 1);
         uint64_t b = tu_rand_below(rng, m->nbits + 1);
-        check_range(bm, m, min_u64(a, b), a < b ? b : a);
+        check_range(bm, m, tu_min_u64(a, b), a < b ? b : a);
     }
 }
 
@@ -189,11 +184,11 @@ static void random_range(uint64_t *rng, uint64_t nbits, uint64_t *start, uint64_
         break;
     case 1:     /* start at a word edge +-1 */
         s = (tu_rand_below(rng, nbits / 64 + 1) * 64 + tu_rand_below(rng, 3) + nbits - 1) % nbits;
-        c = tu_rand_below(rng, min_u64(nbits - s, 200) + 1);
+        c = tu_rand_below(rng, tu_min_u64(nbits - s, 200) + 1);
         break;
     case 2:     /* end at a word edge +-1 */
         s = tu_rand_below(rng, nbits);
-        c = tu_rand_below(rng, min_u64(nbits - s, 200) + 1);
+        c = tu_rand_below(rng, tu_min_u64(nbits - s, 200) + 1);
         {
             uint64_t e = ((s + c) / 64) * 64 + tu_rand_below(rng, 3);
             e = e > 0 ? e - 1 : 0;
@@ -210,7 +205,7 @@ static void random_range(uint64_t *rng, uint64_t nbits, uint64_t *start, uint64_
         break;
     default:    /* short */
         s = tu_rand_below(rng, nbits);
-        c = tu_rand_below(rng, min_u64(nbits - s, 70) + 1);
+        c = tu_rand_below(rng, tu_min_u64(nbits - s, 70) + 1);
         break;
     }
     *start = s;
@@ -667,7 +662,7 @@ static void test_dirty_random(void **state)
             random_range(&rng, nbits, &s, &c);
         } else {
             s = tu_rand_below(&rng, nbits);
-            c = tu_rand_below(&rng, min_u64(nbits - s, 3000) + 1);
+            c = tu_rand_below(&rng, tu_min_u64(nbits - s, 3000) + 1);
         }
         int v = (int)tu_rand_below(&rng, 2);
         unsigned char before_changed[10] = { 0 };

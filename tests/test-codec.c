@@ -56,6 +56,23 @@ static void golden_path(unsigned char *h, int field_off, const char *s)
     memcpy(h + field_off, s, strlen(s));
 }
 
+/* A header with no backing file, image file `image` and size field be. */
+static void golden_image_only(unsigned char *h, const char *image, const unsigned char be[8])
+{
+    golden_start(h);
+    golden_path(h, G_IMAGE, image);
+    golden_size(h, be);
+}
+
+/* Both paths as long as they can be (1023 bytes and the NUL), size 20480. */
+static void golden_longest_paths(unsigned char *h)
+{
+    golden_start(h);
+    memset(h + G_BACKING, 'b', 1023);   /* byte 12+1023 stays NUL */
+    memset(h + G_IMAGE, 'i', 1023);     /* byte 1036+1023 stays NUL */
+    golden_size(h, g_size_20480);
+}
+
 /* The header of v1/disk.add-cow, byte by byte. */
 static void golden_v1(unsigned char *h)
 {
@@ -155,9 +172,7 @@ static void test_encode_no_backing(void **state)
     unsigned char want[G_HDR], got[G_HDR];
     static const unsigned char size_be[8] = { 0, 0, 0, 0, 0, 0, 0x14, 0x00 };  /* 5120 */
 
-    golden_start(want);
-    golden_path(want, G_IMAGE, "odd.raw");
-    golden_size(want, size_be);
+    golden_image_only(want, "odd.raw", size_be);
 
     memset(got, 0x5A, sizeof(got));
     ac_header_encode(got, NULL, "odd.raw", 5120);
@@ -183,9 +198,7 @@ static void test_encode_size_bytes(void **state)
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         unsigned char want[G_HDR], got[G_HDR];
-        golden_start(want);
-        golden_path(want, G_IMAGE, "i");
-        golden_size(want, cases[i].be);
+        golden_image_only(want, "i", cases[i].be);
         ac_header_encode(got, NULL, "i", cases[i].v);
         assert_memory_equal(got, want, G_HDR);
     }
@@ -202,10 +215,7 @@ static void test_encode_longest_paths(void **state)
     memset(img, 'i', 1023);
     img[1023] = '\0';
 
-    golden_start(want);
-    memset(want + G_BACKING, 'b', 1023);    /* byte 12+1023 stays NUL */
-    memset(want + G_IMAGE, 'i', 1023);      /* byte 1036+1023 stays NUL */
-    golden_size(want, g_size_20480);
+    golden_longest_paths(want);
 
     memset(got, 0xEE, sizeof(got));
     ac_header_encode(got, back, img, 20480);
@@ -256,9 +266,7 @@ static void test_decode_golden_no_backing(void **state)
     struct ac_header out;
     static const unsigned char size_be[8] = { 0, 0, 0, 0, 0, 0, 0x15, 0x2C };  /* 5420 */
 
-    golden_start(h);
-    golden_path(h, G_IMAGE, "odd.raw");
-    golden_size(h, size_be);
+    golden_image_only(h, "odd.raw", size_be);
     assert_int_equal(ac_header_decode(h, G_HDR, &out), AC_HDR_OK);
     assert_string_equal(out.backing_file, "");
     assert_string_equal(out.image_file, "odd.raw");
@@ -271,10 +279,7 @@ static void test_decode_longest_paths(void **state)
     unsigned char h[G_HDR];
     struct ac_header out;
 
-    golden_start(h);
-    memset(h + G_BACKING, 'b', 1023);
-    memset(h + G_IMAGE, 'i', 1023);
-    golden_size(h, g_size_20480);
+    golden_longest_paths(h);
     assert_int_equal(ac_header_decode(h, G_HDR, &out), AC_HDR_OK);
     assert_int_equal(strlen(out.backing_file), 1023);
     assert_int_equal(strlen(out.image_file), 1023);
@@ -321,16 +326,22 @@ static void test_decode_bytes_after_nul_ignored(void **state)
     assert_string_equal(out.image_file, "data.raw");
 }
 
+/* Decodes the v1 header with the size field be, which must be accepted. */
+static void decode_v1_with_size(const unsigned char be[8], struct ac_header *out)
+{
+    unsigned char h[G_HDR];
+    golden_v1(h);
+    golden_size(h, be);
+    assert_int_equal(ac_header_decode(h, G_HDR, out), AC_HDR_OK);
+}
+
 static void test_decode_size_not_multiple_of_512(void **state)
 {
     (void)state;
-    unsigned char h[G_HDR];
     struct ac_header out;
     static const unsigned char be[8] = { 0, 0, 0, 0, 0, 0, 0x01, 0xFF };   /* 511 */
 
-    golden_v1(h);
-    golden_size(h, be);
-    assert_int_equal(ac_header_decode(h, G_HDR, &out), AC_HDR_OK);
+    decode_v1_with_size(be, &out);
     assert_true(out.size == 511);   /* stored as is; geometry rounds down */
     assert_true(ac_sectors_for_size(out.size) == 0);
 }
@@ -338,13 +349,10 @@ static void test_decode_size_not_multiple_of_512(void **state)
 static void test_decode_size_2p63_minus_1_accepted(void **state)
 {
     (void)state;
-    unsigned char h[G_HDR];
     struct ac_header out;
     static const unsigned char be[8] = { 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF };
 
-    golden_v1(h);
-    golden_size(h, be);
-    assert_int_equal(ac_header_decode(h, G_HDR, &out), AC_HDR_OK);
+    decode_v1_with_size(be, &out);
     assert_true(out.size == UINT64_C(0x7FFFFFFFFFFFFFFF));
     /* Rounded down to whole sectors: 2^63 - 512 bytes, 2^54 - 1 sectors. */
     assert_true(ac_sectors_for_size(out.size) == (UINT64_C(1) << 54) - 1);
@@ -353,13 +361,10 @@ static void test_decode_size_2p63_minus_1_accepted(void **state)
 static void test_decode_size_2p63_minus_512_accepted(void **state)
 {
     (void)state;
-    unsigned char h[G_HDR];
     struct ac_header out;
     static const unsigned char be[8] = { 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE, 0x00 };
 
-    golden_v1(h);
-    golden_size(h, be);
-    assert_int_equal(ac_header_decode(h, G_HDR, &out), AC_HDR_OK);
+    decode_v1_with_size(be, &out);
     assert_true(out.size == UINT64_C(0x7FFFFFFFFFFFFE00));
 }
 
@@ -641,34 +646,33 @@ static void test_image_empty_with_garbage(void **state)
     assert_fault(h, G_HDR, AC_HDR_IMAGE_EMPTY, -EINVAL);
 }
 
-static void test_size_2p63(void **state)
+static void check_size_too_big(const unsigned char be[8])
 {
-    (void)state;
     unsigned char h[G_HDR];
-    static const unsigned char be[8] = { 0x80, 0, 0, 0, 0, 0, 0, 0 };
     golden_v1(h);
     golden_size(h, be);
     assert_fault(h, G_HDR, AC_HDR_SIZE_TOO_BIG, -EFBIG);
+}
+
+static void test_size_2p63(void **state)
+{
+    (void)state;
+    static const unsigned char be[8] = { 0x80, 0, 0, 0, 0, 0, 0, 0 };
+    check_size_too_big(be);
 }
 
 static void test_size_2p64_minus_1(void **state)
 {
     (void)state;
-    unsigned char h[G_HDR];
     static const unsigned char be[8] = { 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF };
-    golden_v1(h);
-    golden_size(h, be);
-    assert_fault(h, G_HDR, AC_HDR_SIZE_TOO_BIG, -EFBIG);
+    check_size_too_big(be);
 }
 
 static void test_size_2p63_plus_512(void **state)
 {
     (void)state;
-    unsigned char h[G_HDR];
     static const unsigned char be[8] = { 0x80, 0, 0, 0, 0, 0, 0x02, 0x00 };
-    golden_v1(h);
-    golden_size(h, be);
-    assert_fault(h, G_HDR, AC_HDR_SIZE_TOO_BIG, -EFBIG);
+    check_size_too_big(be);
 }
 
 static void test_fault_strings(void **state)

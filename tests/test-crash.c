@@ -44,20 +44,11 @@
 #include "testutil.h"
 
 #define SECTOR 512u
-#define HDR 2068u
 #define BACKING_SEED 0xB0B0u
 
 #define C_ADDCOW "/c/disk.add-cow"
 #define C_IMAGE  "/c/disk.raw"
 #define C_BACK   "/c/base.raw"
-
-static inline uint64_t be64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
 
 /* ---- workloads ------------------------------------------------------------- */
 
@@ -220,9 +211,9 @@ static void exec_call(struct workload *wl, struct call *c, addcow_image **img,
                      (wl->p.writethrough && (c->kind == C_WRITE || c->kind == C_ZERO));
 }
 
-/* Creates, opens, runs random calls and closes, on a fresh memfs, with
- * every change recorded. */
-static void run_workload(struct workload *wl, const struct params *p, uint64_t *rng)
+/* A fresh memfs with the backing file in it, for a workload of parameters p;
+ * wl->start keeps a copy of it as the files before the first record. */
+static void workload_start(struct workload *wl, const struct params *p)
 {
     memset(wl, 0, sizeof(*wl));
     wl->p = *p;
@@ -234,7 +225,26 @@ static void run_workload(struct workload *wl, const struct params *p, uint64_t *
     memfs_set_punch_supported(wl->fs, !p->no_punch);
     wl->start = memfs_clone(wl->fs);
     assert_non_null(wl->start);
+}
 
+/* After the calls: takes the records and the ids of the two files. */
+static void workload_collect(struct workload *wl)
+{
+    wl->nrecs = memfs_rec_count(wl->fs);
+    wl->recs = calloc(wl->nrecs + 1, sizeof(*wl->recs));
+    assert_non_null(wl->recs);
+    for (size_t i = 0; i < wl->nrecs; i++)
+        wl->recs[i] = memfs_rec_at(wl->fs, i);
+    wl->acf_id = memfs_file_id(wl->fs, C_ADDCOW);
+    wl->img_id = memfs_file_id(wl->fs, C_IMAGE);
+    assert_true(wl->acf_id != 0 && wl->img_id != 0 && wl->acf_id != wl->img_id);
+}
+
+/* Creates, opens, runs random calls and closes, on a fresh memfs, with
+ * every change recorded. */
+static void run_workload(struct workload *wl, const struct params *p, uint64_t *rng)
+{
+    workload_start(wl, p);
     addcow_options *o = memfs_options(wl->fs);
     assert_non_null(o);
     if (p->writethrough)
@@ -276,15 +286,7 @@ static void run_workload(struct workload *wl, const struct params *p, uint64_t *
     free(model);
     addcow_options_free(o);
     assert_int_equal(memfs_open_handles(wl->fs), 0);
-
-    wl->nrecs = memfs_rec_count(wl->fs);
-    wl->recs = calloc(wl->nrecs + 1, sizeof(*wl->recs));
-    assert_non_null(wl->recs);
-    for (size_t i = 0; i < wl->nrecs; i++)
-        wl->recs[i] = memfs_rec_at(wl->fs, i);
-    wl->acf_id = memfs_file_id(wl->fs, C_ADDCOW);
-    wl->img_id = memfs_file_id(wl->fs, C_IMAGE);
-    assert_true(wl->acf_id != 0 && wl->img_id != 0 && wl->acf_id != wl->img_id);
+    workload_collect(wl);
 }
 
 /* ---- violations -------------------------------------------------------------- */
@@ -350,12 +352,12 @@ static void check_ordering(const struct workload *wl, const struct memfs_rec *co
                                            s < nsect; s++)
                 last_touch[s] = (int64_t)i;
         } else if (r->file == wl->acf_id && r->kind == MEMFS_REC_WRITE &&
-                   r->offset + r->length > HDR) {
-            for (uint64_t o = r->offset < HDR ? HDR : r->offset; o < r->offset + r->length;
-                 o++) {
+                   r->offset + r->length > TU_HDR_SIZE) {
+            for (uint64_t o = r->offset < TU_HDR_SIZE ? TU_HDR_SIZE : r->offset;
+                 o < r->offset + r->length; o++) {
                 unsigned char v = r->data[o - r->offset];
                 for (unsigned b = 0; b < 8; b++) {
-                    uint64_t s = (o - HDR) * 8 + b;
+                    uint64_t s = (o - TU_HDR_SIZE) * 8 + b;
                     if (!((v >> b) & 1) || s >= nsect || last_touch[s] <= last_flush)
                         continue;
                     char d1[200], d2[200];
@@ -396,16 +398,17 @@ static void check_view(const struct workload *wl, const struct view *v, size_t k
                        const uint64_t sizes[2], const size_t *cand, size_t ncand,
                        struct report *rep)
 {
-    static const unsigned char magic[8] = { 'A', 'D', 'D', '_', 'C', 'O', 'W', 0xFF };
     unsigned char sec[SECTOR];
 
-    if (v->acf_len < HDR || memcmp(v->acf, magic, 8) != 0 || be64(v->acf + 8) >> 32 != 1 ||
-        memcmp(v->acf + 12, "base.raw", 9) != 0 || memcmp(v->acf + 1036, "disk.raw", 9) != 0) {
+    if (v->acf_len < TU_HDR_SIZE || tu_get_be(v->acf, 8) != TU_MAGIC ||
+        tu_get_be(v->acf + TU_OFF_VERSION, 4) != 1 ||
+        memcmp(v->acf + TU_OFF_BACKING, "base.raw", 9) != 0 ||
+        memcmp(v->acf + TU_OFF_IMAGE, "disk.raw", 9) != 0) {
         violation(rep, "prefix %zu, %s view: the add-cow file (%zu bytes) has no valid "
                   "header", k, v->what, v->acf_len);
         return;
     }
-    uint64_t size = be64(v->acf + 2060);
+    uint64_t size = tu_get_be(v->acf + TU_OFF_SIZE, 8);
     if (size != sizes[0] && size != sizes[1]) {
         violation(rep, "prefix %zu, %s view: header size %" PRIu64 ", but the call in "
                   "progress goes from %" PRIu64 " to %" PRIu64, k, v->what, size, sizes[0],
@@ -413,14 +416,14 @@ static void check_view(const struct workload *wl, const struct view *v, size_t k
         return;
     }
     uint64_t nsect = size / SECTOR;
-    uint64_t need = HDR + nsect / 8 + (nsect % 8 != 0);
+    uint64_t need = TU_HDR_SIZE + nsect / 8 + (nsect % 8 != 0);
     if (v->acf_len < need) {
         violation(rep, "prefix %zu, %s view: the add-cow file has %zu bytes; size %" PRIu64
                   " needs %" PRIu64, k, v->what, v->acf_len, size, need);
         return;
     }
     for (uint64_t n = 0; n < nsect; n++) {
-        bool bit = (v->acf[HDR + n / 8] >> (n % 8)) & 1;
+        bool bit = (v->acf[TU_HDR_SIZE + n / 8] >> (n % 8)) & 1;
         if (bit)
             file_sector(v->img, v->img_len, n, sec);
         else
@@ -585,7 +588,7 @@ static void check_prefixes(const struct workload *wl, const struct memfs_rec *co
         if (k == wl->calls[c].rb &&
             (wl->calls[c].kind == C_TRUNC || wl->calls[c].kind == C_CREATE)) {
             uint64_t s = wl->calls[c].size_after / SECTOR;
-            if (v.acf_len != HDR + s / 8 + (s % 8 != 0))
+            if (v.acf_len != TU_HDR_SIZE + s / 8 + (s % 8 != 0))
                 violation(rep, "after %s to %" PRIu64 ": the add-cow file has %zu bytes",
                           call_name(wl->calls[c].kind), wl->calls[c].size_after, v.acf_len);
         }
@@ -669,9 +672,9 @@ static void crash_workloads(const char *name, const struct params *base, unsigne
         unsigned char *acf = memfs_get(wl.fs, C_ADDCOW, &alen);
         assert_non_null(acf);
         uint64_t s = wl.calls[wl.ncalls - 1].size_after / SECTOR;
-        assert_int_equal(be64(acf + 2060), s * SECTOR);
-        assert_int_equal(alen, HDR + s / 8 + (s % 8 != 0));
-        if (s % 8 != 0 && (acf[HDR + s / 8] >> (s % 8)) != 0)
+        assert_int_equal(tu_get_be(acf + TU_OFF_SIZE, 8), s * SECTOR);
+        assert_int_equal(alen, TU_HDR_SIZE + s / 8 + (s % 8 != 0));
+        if (s % 8 != 0 && (acf[TU_HDR_SIZE + s / 8] >> (s % 8)) != 0)
             violation(&rep, "bits past the last sector are set in the last bitmap byte");
         free(acf);
         size_t nrecs = wl.nrecs, ncalls = wl.ncalls;
@@ -709,6 +712,33 @@ static void test_crash_large_bitmap(void **state)
     crash_workloads("test_crash_large_bitmap", &p, tu_scale(2), 1);
 }
 
+/* broken[] is the log with the flushes of one file, from record `from` on,
+ * turned into no-ops that keep their place (in noop[]: a flush of no file). */
+static void drop_flushes(const struct workload *wl, const struct memfs_rec **broken,
+                         struct memfs_rec *noop, uint64_t file, size_t from)
+{
+    for (size_t i = 0; i < wl->nrecs; i++) {
+        broken[i] = wl->recs[i];
+        if (wl->recs[i]->kind == MEMFS_REC_FLUSH && wl->recs[i]->file == file && i >= from) {
+            noop[i] = *wl->recs[i];
+            noop[i].file = 0;
+            broken[i] = &noop[i];
+        }
+    }
+}
+
+/* Both checkers must report the broken log. */
+static void expect_both_catch(const struct workload *wl, const struct memfs_rec *const *broken,
+                              uint64_t *rng, unsigned mixes, const char *ctx)
+{
+    struct report ro = { 0, true, ctx };
+    check_ordering(wl, broken, wl->nrecs, &ro);
+    assert_true(ro.violations > 0);
+    struct report rp = { 0, true, ctx };
+    check_prefixes(wl, broken, wl->nrecs, rng, mixes, &rp);
+    assert_true(rp.violations > 0);
+}
+
 /* The checkers must be able to fail: a hand-made workload whose log is
  * then broken in three ways. */
 static void test_checkers_catch_bad_orders(void **state)
@@ -717,13 +747,7 @@ static void test_checkers_catch_bad_orders(void **state)
     struct params p = { .disk = 16 * 1024, .maxdisk = 16 * 1024, .backing_len = 5000,
                         .ncalls = 0 };
     struct workload wl;
-    memset(&wl, 0, sizeof(wl));
-    wl.p = p;
-    wl.fs = memfs_new();
-    wl.backing = malloc(p.backing_len);
-    tu_fill_pattern(wl.backing, p.backing_len, BACKING_SEED, 0);
-    assert_int_equal(memfs_put(wl.fs, C_BACK, wl.backing, p.backing_len), 0);
-    wl.start = memfs_clone(wl.fs);
+    workload_start(&wl, &p);
     wl.calls = calloc(8, sizeof(*wl.calls));
     addcow_options *o = memfs_options(wl.fs);
     unsigned char *model = calloc(1, p.maxdisk);
@@ -749,12 +773,7 @@ static void test_checkers_catch_bad_orders(void **state)
     memfs_record_stop(wl.fs);
     free(model);
     addcow_options_free(o);
-    wl.nrecs = memfs_rec_count(wl.fs);
-    wl.recs = calloc(wl.nrecs, sizeof(*wl.recs));
-    for (size_t i = 0; i < wl.nrecs; i++)
-        wl.recs[i] = memfs_rec_at(wl.fs, i);
-    wl.acf_id = memfs_file_id(wl.fs, C_ADDCOW);
-    wl.img_id = memfs_file_id(wl.fs, C_IMAGE);
+    workload_collect(&wl);
     uint64_t rng = 12345;
 
     /* The real log passes. */
@@ -769,31 +788,11 @@ static void test_checkers_catch_bad_orders(void **state)
     assert_true(broken && noop);
 
     /* 1: the image file never flushed. */
-    for (size_t i = 0; i < wl.nrecs; i++) {
-        broken[i] = wl.recs[i];
-        if (wl.recs[i]->kind == MEMFS_REC_FLUSH && wl.recs[i]->file == wl.img_id) {
-            noop[i] = *wl.recs[i];
-            noop[i].file = 0;
-            broken[i] = &noop[i];
-        }
-    }
-    struct report r1 = { 0, true, "no image flush" };
-    check_ordering(&wl, broken, wl.nrecs, &r1);
-    assert_true(r1.violations > 0);
-    struct report r1b = { 0, true, "no image flush" };
-    check_prefixes(&wl, broken, wl.nrecs, &rng, 4, &r1b);
-    assert_true(r1b.violations > 0);
+    drop_flushes(&wl, broken, noop, wl.img_id, 0);
+    expect_both_catch(&wl, broken, &rng, 4, "no image flush");
 
     /* 2: the add-cow file never flushed: the flushed write is lost. */
-    for (size_t i = 0; i < wl.nrecs; i++) {
-        broken[i] = wl.recs[i];
-        if (wl.recs[i]->kind == MEMFS_REC_FLUSH && wl.recs[i]->file == wl.acf_id &&
-            i >= wl.calls[0].rb) {
-            noop[i] = *wl.recs[i];
-            noop[i].file = 0;
-            broken[i] = &noop[i];
-        }
-    }
+    drop_flushes(&wl, broken, noop, wl.acf_id, wl.calls[0].rb);
     struct report r2 = { 0, true, "no add-cow flush" };
     check_ordering(&wl, broken, wl.nrecs, &r2);
     assert_int_equal(r2.violations, 0);
@@ -815,12 +814,7 @@ static void test_checkers_catch_bad_orders(void **state)
         broken[i] = wl.recs[i];
     broken[fl] = wl.recs[bw];
     broken[bw] = wl.recs[fl];
-    struct report r3 = { 0, true, "bitmap before image flush" };
-    check_ordering(&wl, broken, wl.nrecs, &r3);
-    assert_true(r3.violations > 0);
-    struct report r3b = { 0, true, "bitmap before image flush" };
-    check_prefixes(&wl, broken, wl.nrecs, &rng, 32, &r3b);
-    assert_true(r3b.violations > 0);
+    expect_both_catch(&wl, broken, &rng, 32, "bitmap before image flush");
 
     free(broken);
     free(noop);
@@ -858,6 +852,16 @@ static void expect_ops(struct memfs *fs, const char *what, const char *want)
         fail_msg("%s: operations '%s', expected '%s'", what, got, want);
 }
 
+/* Flushes img with every change recorded, and checks the operations. */
+static void recorded_flush(struct memfs *fs, addcow_image *img, const char *what,
+                           const char *want)
+{
+    memfs_record_start(fs);
+    assert_int_equal(addcow_flush(img), 0);
+    memfs_record_stop(fs);
+    expect_ops(fs, what, want);
+}
+
 static void test_flush_without_dirty_bits(void **state)
 {
     (void)state;
@@ -869,10 +873,7 @@ static void test_flush_without_dirty_bits(void **state)
 
     /* Nothing written yet. */
     memfs_op_count_reset(fs);
-    memfs_record_start(fs);
-    assert_int_equal(addcow_flush(img), 0);
-    memfs_record_stop(fs);
-    expect_ops(fs, "flush of a fresh image", "Fi");
+    recorded_flush(fs, img, "flush of a fresh image", "Fi");
     assert_int_equal(memfs_op_count(fs, MEMFS_OP_FLUSH), 1);
     assert_int_equal(memfs_op_count(fs, MEMFS_OP_WRITE | MEMFS_OP_TRUNCATE | MEMFS_OP_PUNCH),
                      0);
@@ -880,30 +881,21 @@ static void test_flush_without_dirty_bits(void **state)
     /* A write that allocates: the flush writes its bits, after the image
      * file's flush, and makes them durable. */
     assert_int_equal(addcow_pwrite(img, data, 1024, 8192), 1024);
-    memfs_record_start(fs);
-    assert_int_equal(addcow_flush(img), 0);
-    memfs_record_stop(fs);
-    expect_ops(fs, "flush after an allocating write", "Fi Wa Fa");
+    recorded_flush(fs, img, "flush after an allocating write", "Fi Wa Fa");
     const struct memfs_rec *bw = memfs_rec_at(fs, 1);
-    assert_true(bw->offset <= HDR + 2 && bw->offset + bw->length > HDR + 2);
-    assert_int_equal(bw->data[HDR + 2 - bw->offset] & 0x03, 0x03);     /* sectors 16, 17 */
+    assert_true(bw->offset <= TU_HDR_SIZE + 2 && bw->offset + bw->length > TU_HDR_SIZE + 2);
+    assert_int_equal(bw->data[TU_HDR_SIZE + 2 - bw->offset] & 0x03, 0x03); /* sectors 16, 17 */
 
     /* Again: nothing dirty. */
     memfs_op_count_reset(fs);
-    memfs_record_start(fs);
-    assert_int_equal(addcow_flush(img), 0);
-    memfs_record_stop(fs);
-    expect_ops(fs, "second flush", "Fi");
+    recorded_flush(fs, img, "second flush", "Fi");
     assert_int_equal(memfs_op_count(fs, MEMFS_OP_FLUSH), 1);
     assert_int_equal(memfs_op_count(fs, MEMFS_OP_WRITE), 0);
 
     /* An overwrite in place sets no new bit: its flush is the image's only. */
     assert_int_equal(addcow_pwrite(img, data + 5, 300, 8192 + 17), 300);
     memfs_op_count_reset(fs);
-    memfs_record_start(fs);
-    assert_int_equal(addcow_flush(img), 0);
-    memfs_record_stop(fs);
-    expect_ops(fs, "flush after an overwrite in place", "Fi");
+    recorded_flush(fs, img, "flush after an overwrite in place", "Fi");
     assert_int_equal(memfs_op_count(fs, MEMFS_OP_FLUSH), 1);
     assert_int_equal(memfs_op_count(fs, MEMFS_OP_WRITE), 0);
 
@@ -929,7 +921,7 @@ static void test_writethrough_sequence(void **state)
     memfs_record_stop(fs);
     expect_ops(fs, "writethrough allocating write", "Wi Fi Wa Fa");
     unsigned char *d = memfs_get_durable(fs, C_ADDCOW, NULL);
-    assert_int_equal(d[HDR + 1] & 0x03, 0x03);                          /* sectors 8, 9 */
+    assert_int_equal(d[TU_HDR_SIZE + 1] & 0x03, 0x03);                  /* sectors 8, 9 */
     free(d);
 
     /* Partial sector over the backing file: one write (with the copied

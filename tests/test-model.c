@@ -45,11 +45,6 @@
 #include "testutil.h"
 
 #define SECTOR 512u
-#define HEADER_SIZE 2068u
-#define OFF_BACKING 12u
-#define OFF_IMAGE 1036u
-#define OFF_SIZE 2060u
-#define PATH_FIELD 1024u
 
 /* Most rounds use small disks (many operations per sector); every eighth one
  * a disk of 8192..12287 sectors, whose bitmap spans several of the
@@ -199,11 +194,6 @@ static void rnd_bytes(struct ctx *c, unsigned char *p, size_t n)
     }
 }
 
-static uint64_t min_u64(uint64_t a, uint64_t b)
-{
-    return a < b ? a : b;
-}
-
 /* ---- the model --------------------------------------------------------- */
 
 static unsigned char backing_byte(const struct model *m, uint64_t b)
@@ -318,7 +308,7 @@ static void check_read(struct ctx *c, struct disk *d, uint64_t off, uint64_t len
 {
     if (off >= d->m.size)
         return;
-    len = min_u64(len, d->m.size - off);
+    len = tu_min_u64(len, d->m.size - off);
     int64_t r = addcow_pread(d->img, c->rbuf, (size_t)len, off);
     CHECK(c, r == (int64_t)len, "check read of %" PRIu64 " bytes at %" PRIu64 " returned %" PRId64,
           len, off, r);
@@ -361,22 +351,14 @@ static void check_full(struct ctx *c, struct disk *d)
     check_allocated(c, d);
 }
 
-static uint64_t get_be64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
 static void check_path_field(struct ctx *c, const unsigned char *field, const char *want,
                              const char *what)
 {
     size_t n = strlen(want);
     CHECK(c, memcmp(field, want, n) == 0 && field[n] == '\0',
-          "on disk: %s field is '%.*s', want '%s'", what, (int)PATH_FIELD - 1,
+          "on disk: %s field is '%.*s', want '%s'", what, (int)TU_PATH_FIELD - 1,
           (const char *)field, want);
-    for (size_t i = n; i < PATH_FIELD; i++)
+    for (size_t i = n; i < TU_PATH_FIELD; i++)
         CHECK(c, field[i] == 0, "on disk: %s field byte %zu after the NUL is 0x%02x", what, i,
               field[i]);
 }
@@ -393,18 +375,17 @@ static void check_on_disk(struct ctx *c, struct disk *d, const char *when)
     c->file_a = tu_read_file(d->path, &alen);
     CHECK(c, c->file_a != NULL, "%s: cannot read the add-cow file '%s'", when, d->path);
     const unsigned char *a = c->file_a;
-    CHECK(c, alen == HEADER_SIZE + nbytes, "%s: the add-cow file is %zu bytes long, want "
+    CHECK(c, alen == TU_HDR_SIZE + nbytes, "%s: the add-cow file is %zu bytes long, want "
           "2068 + %" PRIu64 " for a size of %" PRIu64, when, alen, nbytes, m->size);
-    static const unsigned char magic[8] = { 0x41, 0x44, 0x44, 0x5F, 0x43, 0x4F, 0x57, 0xFF };
-    CHECK(c, memcmp(a, magic, 8) == 0, "%s: bad magic on disk", when);
+    CHECK(c, tu_get_be(a, 8) == TU_MAGIC, "%s: bad magic on disk", when);
     CHECK(c, a[8] == 0 && a[9] == 0 && a[10] == 0 && a[11] == 1, "%s: version field is not 1",
           when);
-    check_path_field(c, a + OFF_BACKING, d->backing_stored, "backing_file");
-    check_path_field(c, a + OFF_IMAGE, d->image_stored, "image_file");
-    uint64_t hsize = get_be64(a + OFF_SIZE);
+    check_path_field(c, a + TU_OFF_BACKING, d->backing_stored, "backing_file");
+    check_path_field(c, a + TU_OFF_IMAGE, d->image_stored, "image_file");
+    uint64_t hsize = tu_get_be(a + TU_OFF_SIZE, 8);
     CHECK(c, hsize == m->size, "%s: header size field %" PRIu64 ", model %" PRIu64, when, hsize,
           m->size);
-    const unsigned char *bm = a + HEADER_SIZE;
+    const unsigned char *bm = a + TU_HDR_SIZE;
     for (uint64_t n = 0; n < nbytes * 8; n++) {
         unsigned bit = (bm[n / 8] >> (n % 8)) & 1u;
         unsigned want = n < nsect ? m->alloc[n] : 0;
@@ -439,9 +420,9 @@ static void check_size_on_disk(struct ctx *c, struct disk *d)
     size_t alen = 0;
     c->file_a = tu_read_file(d->path, &alen);
     CHECK(c, c->file_a != NULL, "cannot read the add-cow file '%s'", d->path);
-    CHECK(c, alen == HEADER_SIZE + nbytes, "after truncate the add-cow file is %zu bytes long, "
+    CHECK(c, alen == TU_HDR_SIZE + nbytes, "after truncate the add-cow file is %zu bytes long, "
           "want 2068 + %" PRIu64, alen, nbytes);
-    uint64_t hsize = get_be64(c->file_a + OFF_SIZE);
+    uint64_t hsize = tu_get_be(c->file_a + TU_OFF_SIZE, 8);
     CHECK(c, hsize == d->m.size, "after truncate the header size field is %" PRIu64
           ", model %" PRIu64, hsize, d->m.size);
     free(c->file_a);
@@ -474,7 +455,7 @@ static void pick_range(struct ctx *c, struct disk *d, uint64_t *off, uint64_t *l
     case 5: {                                     /* aligned whole sectors */
         uint64_t s = rnd(c, nsect);
         *off = s * SECTOR;
-        *len = SECTOR * (1 + rnd(c, min_u64(8, nsect - s)));
+        *len = SECTOR * (1 + rnd(c, tu_min_u64(8, nsect - s)));
         return;
     }
     default:
@@ -482,12 +463,12 @@ static void pick_range(struct ctx *c, struct disk *d, uint64_t *off, uint64_t *l
         l = 1 + rnd(c, (rnd(c, 3) ? 16 : 64) * SECTOR);
         break;
     }
-    l = min_u64(l, size);
+    l = tu_min_u64(l, size);
     uint64_t room = size - l;                     /* o in [0, room] */
     switch (rnd(c, 6)) {
     case 0: {                                     /* across a sector boundary */
         uint64_t b = SECTOR * (1 + rnd(c, nsect));
-        uint64_t back = 1 + rnd(c, min_u64(l, 8));
+        uint64_t back = 1 + rnd(c, tu_min_u64(l, 8));
         o = b >= back ? b - back : 0;
         break;
     }
@@ -500,7 +481,7 @@ static void pick_range(struct ctx *c, struct disk *d, uint64_t *off, uint64_t *l
         }
         break;
     case 2:                                       /* at the disk's end */
-        o = room - rnd(c, min_u64(room, 3) + 1);
+        o = room - rnd(c, tu_min_u64(room, 3) + 1);
         break;
     default:
         o = rnd(c, room + 1);
@@ -557,7 +538,7 @@ static void iov_describe(const struct iovec *iov, int n, char *out, size_t outle
 static void after_change(struct ctx *c, struct disk *d, uint64_t off, uint64_t len)
 {
     uint64_t a = off / SECTOR * SECTOR;
-    uint64_t b = min_u64((off + len + SECTOR - 1) / SECTOR * SECTOR, d->m.size);
+    uint64_t b = tu_min_u64((off + len + SECTOR - 1) / SECTOR * SECTOR, d->m.size);
     check_read(c, d, a, b - a);
     if (b > a)
         check_status_walk(c, d, a, b);
@@ -599,7 +580,7 @@ static void op_read(struct ctx *c, struct disk *d)
     if (k < 6) {
         pick_range(c, d, &off, &count);
     } else if (k < 9) {                            /* reaching past the end */
-        off = size - rnd(c, min_u64(size, 2 * SECTOR) + 1);
+        off = size - rnd(c, tu_min_u64(size, 2 * SECTOR) + 1);
         count = (size - off) + 1 + rnd(c, 3 * SECTOR);
     } else {                                       /* at or past the end, or empty */
         off = size + rnd(c, 2000);
@@ -607,7 +588,7 @@ static void op_read(struct ctx *c, struct disk *d)
     }
     if (rnd(c, 20) == 0)
         count = 0;
-    uint64_t want = off >= size ? 0 : min_u64(count, size - off);
+    uint64_t want = off >= size ? 0 : tu_min_u64(count, size - off);
     int64_t r;
     if (rnd(c, 3) == 0) {
         struct iovec iov[MAX_IOV];
@@ -667,9 +648,9 @@ static void op_truncate(struct ctx *c, struct disk *d)
     unsigned k = (unsigned)rnd(c, 100);
 
     if (k < 46)
-        ns = min_u64(s + 1 + rnd(c, 64), MAX_SECTORS);
+        ns = tu_min_u64(s + 1 + rnd(c, 64), MAX_SECTORS);
     else if (k < 92)
-        ns = s > 1 ? s - 1 - rnd(c, min_u64(s - 1, 64)) : s;
+        ns = s > 1 ? s - 1 - rnd(c, tu_min_u64(s - 1, 64)) : s;
     else if (k < 96)
         ns = 0;
     else
@@ -750,7 +731,7 @@ static void op_edge(struct ctx *c, struct disk *d)
 
     switch (rnd(c, 5)) {
     case 0:                                     /* write reaching past the end */
-        off = size - rnd(c, min_u64(size, 3 * SECTOR) + 1);
+        off = size - rnd(c, tu_min_u64(size, 3 * SECTOR) + 1);
         len = (size - off) + 1 + rnd(c, 2 * SECTOR);
         rnd_bytes(c, c->wbuf, (size_t)len);
         note_op(c, d, "pwrite(off=%" PRIu64 ", len=%" PRIu64 ") past the end", off, len);
@@ -765,12 +746,12 @@ static void op_edge(struct ctx *c, struct disk *d)
         note_op(c, d, "pwritev(off=%" PRIu64 ", len=%" PRIu64 ") past the end", off, len);
         r = addcow_pwritev(d->img, iov, n, off);
         CHECK(c, r == -ENOSPC, "returned %" PRId64 ", want -ENOSPC", r);
-        off = size - min_u64(size, SECTOR);
+        off = size - tu_min_u64(size, SECTOR);
         len = size - off;
         break;
     }
     case 2:                                     /* write_zeroes reaching past the end */
-        off = size - rnd(c, min_u64(size, 3 * SECTOR) + 1);
+        off = size - rnd(c, tu_min_u64(size, 3 * SECTOR) + 1);
         len = (size - off) + 1 + rnd(c, 2 * SECTOR);
         note_op(c, d, "write_zeroes(off=%" PRIu64 ", len=%" PRIu64 ", MAY_UNMAP) past the end",
                 off, len);
@@ -794,7 +775,7 @@ static void op_edge(struct ctx *c, struct disk *d)
     }
     /* nothing changed, not even the allocation */
     if (off < size)
-        after_change(c, d, off, min_u64(len, size - off));
+        after_change(c, d, off, tu_min_u64(len, size - off));
     else
         check_allocated(c, d);
 }
@@ -1009,7 +990,7 @@ static void run_round(struct ctx *c, enum config cfg, unsigned steps)
             size = mid->m.size ? mid->m.size : SECTOR;
             break;
         case 2:
-            size = min_u64(mid->m.size + SECTOR * (1 + rnd(c, 200)), MAX_BYTES);
+            size = tu_min_u64(mid->m.size + SECTOR * (1 + rnd(c, 200)), MAX_BYTES);
             break;
         default:                        /* size 0: the middle image's virtual size */
             if (mid->m.size > 0) {

@@ -47,7 +47,6 @@
 #include "testutil.h"
 
 #define SECTOR 512u
-#define HEADER_SIZE 2068u              /* FORMAT.md: the bitmap starts here */
 #ifndef WATCHDOG_SECONDS
 #define WATCHDOG_SECONDS 240           /* generous: valgrind runs threads one at a time */
 #endif
@@ -56,11 +55,6 @@
 
 #define STR_(x) #x
 #define STR(x) STR_(x)
-
-static uint64_t min_u64(uint64_t a, uint64_t b)
-{
-    return a < b ? a : b;
-}
 
 static uint64_t max_u64(uint64_t a, uint64_t b)
 {
@@ -385,7 +379,7 @@ static void fx_make(struct fx *f, const char *tag, uint64_t size, uint64_t bsize
     assert_non_null(f->init);
     tu_fill_pattern(b, bsize, seed, 0);
     assert_int_equal(tu_write_file(f->back, b, bsize), 0);
-    memcpy(f->init, b, min_u64(bsize, size));
+    memcpy(f->init, b, tu_min_u64(bsize, size));
     free(b);
     int r = addcow_create(f->acow, size, backname, rawname, NULL);
     if (r != 0)
@@ -401,15 +395,6 @@ static void fx_free(struct fx *f)
     free(f->raw);
     free(f->back);
     free(f->init);
-}
-
-static addcow_image *open_img(const char *path, unsigned flags, const addcow_options *o)
-{
-    addcow_image *img = NULL;
-    int r = addcow_open(path, flags, o, &img);
-    if (r != 0)
-        fail_msg("addcow_open(%s): %d: %s", path, r, addcow_last_error());
-    return img;
 }
 
 /* cache=none needs O_DIRECT in the scratch folder's file system. */
@@ -480,6 +465,18 @@ static void check_disk(addcow_image *img, const unsigned char *model, uint64_t s
                  when, bad, bad / SECTOR, got, model[bad]);
 }
 
+/* Reopens acow read-only: the disk must read as model, and (alloc >= 0) have
+ * alloc bytes allocated (main thread). */
+static void check_reopened(const char *acow, const unsigned char *model, uint64_t size,
+                           int64_t alloc)
+{
+    addcow_image *img = tu_open_ok(acow, ADDCOW_OPEN_RDONLY, NULL);
+    check_disk(img, model, size, "after close and reopen");
+    if (alloc >= 0)
+        assert_int_equal(addcow_get_allocated_bytes(img), alloc);
+    assert_int_equal(addcow_close(img), 0);
+}
+
 /* Walks the whole disk with addcow_block_status and checks what the contract
  * says of every run.  Fills alloc (one byte per sector; may be NULL) and
  * returns the allocated bytes, or -1 with the reason in why.  Thread-safe. */
@@ -536,13 +533,13 @@ static int read_disk_bitmap(const char *acow, uint64_t sectors, unsigned char *b
     size_t len = 0;
     uint64_t nbytes = (sectors + 7) / 8;
     unsigned char *file = tu_read_file(acow, &len);
-    if (file == NULL || len < HEADER_SIZE + nbytes) {
+    if (file == NULL || len < TU_HDR_SIZE + nbytes) {
         snprintf(why, wl, "add-cow file %s: %zu bytes, want at least %" PRIu64, acow, len,
-                 HEADER_SIZE + nbytes);
+                 TU_HDR_SIZE + nbytes);
         free(file);
         return -1;
     }
-    const unsigned char *bm = file + HEADER_SIZE;
+    const unsigned char *bm = file + TU_HDR_SIZE;
     for (uint64_t s = 0; s < sectors; s++)
         bits[s] = (bm[s / 8] >> (s % 8)) & 1;
     for (uint64_t s = sectors; s < nbytes * 8; s++) {
@@ -565,6 +562,28 @@ static void check_sector_set(const unsigned char *got, const unsigned char *want
             fail_msg("%s: sector %" PRIu64 " is %s, expected %s", what, s,
                      got[s] ? "set" : "clear", want[s] ? "set" : "clear");
     }
+}
+
+/* The allocation that block_status reports (walk_disk into got, a byte per
+ * sector) must be exactly the sectors in want (main thread). */
+static void check_walk(addcow_image *img, uint64_t size, uint64_t bsize, unsigned char *got,
+                       const unsigned char *want, const char *what)
+{
+    char why[512];
+    if (walk_disk(img, size, bsize, got, why, sizeof(why)) < 0)
+        fail_msg("%s: walk: %s", what, why);
+    check_sector_set(got, want, size / SECTOR, what);
+}
+
+/* The on-disk bitmap of acow (read into got) must be exactly the sectors in
+ * want (main thread). */
+static void check_disk_bitmap(const char *acow, uint64_t sectors, unsigned char *got,
+                              const unsigned char *want, const char *what)
+{
+    char why[512];
+    if (read_disk_bitmap(acow, sectors, got, why, sizeof(why)) != 0)
+        fail_msg("%s", why);
+    check_sector_set(got, want, sectors, what);
 }
 
 static uint64_t count_set(const unsigned char *set, uint64_t n)
@@ -840,7 +859,7 @@ static unsigned race_run(const struct race_cfg *c, char *why, size_t wl)
         assert_non_null(o);
         assert_int_equal(addcow_options_set(o, "cache", c->cache), 0);
     }
-    addcow_image *img = open_img(f.acow, ADDCOW_OPEN_RDWR, o);
+    addcow_image *img = tu_open_ok(f.acow, ADDCOW_OPEN_RDWR, o);
     unsigned char *model = malloc(size);
     unsigned char *used = calloc(sectors, 1);
     struct race *r = calloc(1, sizeof(*r));
@@ -909,9 +928,7 @@ static unsigned race_run(const struct race_cfg *c, char *why, size_t wl)
     if (!broken) {
         /* What the rounds left must survive close and reopen, and no sector
          * outside them may have changed. */
-        img = open_img(f.acow, ADDCOW_OPEN_RDONLY, NULL);
-        check_disk(img, model, size, "after close and reopen");
-        assert_int_equal(addcow_close(img), 0);
+        check_reopened(f.acow, model, size, -1);
     }
     printf("# %s: %u rounds, %u not a serial outcome\n", c->tag, rounds, bad);
     free(r);
@@ -1050,7 +1067,7 @@ static void *mix_worker_run(void *arg)
         uint64_t o = w->lo + tu_rand_below(&w->rng, span);
         uint64_t room = w->hi - o;
         if (what < 50) {
-            size_t l = (size_t)(1 + tu_rand_below(&w->rng, min_u64(room, 6000)));
+            size_t l = (size_t)(1 + tu_rand_below(&w->rng, tu_min_u64(room, 6000)));
             fill_random(buf, l, &w->rng);
             int64_t r;
             if (what < 30) {
@@ -1067,7 +1084,7 @@ static void *mix_worker_run(void *arg)
             memcpy(w->model + (o - w->lo), buf, l);
             memset(w->alloc + o / SECTOR, 1, (o + l - 1) / SECTOR - o / SECTOR + 1);
         } else if (what < 60) {
-            uint64_t l = 1 + tu_rand_below(&w->rng, min_u64(room, 9000));
+            uint64_t l = 1 + tu_rand_below(&w->rng, tu_min_u64(room, 9000));
             unsigned flags = (tu_rand(&w->rng) & 1) ? ADDCOW_ZEROES_MAY_UNMAP : 0;
             int r = addcow_write_zeroes(sh->img, o, l, flags);
             if (r != 0) {
@@ -1080,7 +1097,7 @@ static void *mix_worker_run(void *arg)
                 if (max_u64(o, s * SECTOR) < sh->bsize)
                     w->alloc[s] = 1;
         } else {
-            size_t l = (size_t)(1 + tu_rand_below(&w->rng, min_u64(room, 12000)));
+            size_t l = (size_t)(1 + tu_rand_below(&w->rng, tu_min_u64(room, 12000)));
             int64_t r;
             memset(chk, 0xA5, l);
             if (what < 85) {
@@ -1166,7 +1183,7 @@ static void test_mixed_stress(void **state)
 
     fx_make(&f, "mixed", size, bsize, (uint32_t)seed);
     memset(&sh, 0, sizeof(sh));
-    sh.img = open_img(f.acow, ADDCOW_OPEN_RDWR, NULL);
+    sh.img = tu_open_ok(f.acow, ADDCOW_OPEN_RDWR, NULL);
     sh.size = size;
     sh.bsize = bsize;
     atomic_init(&sh.stop, false);
@@ -1195,7 +1212,6 @@ static void test_mixed_stress(void **state)
     eb_check(&sh.eb, "mixed stress");
 
     unsigned char *model = malloc(size), *want = calloc(sectors, 1), *got = malloc(sectors);
-    char why[512];
     assert_non_null(model);
     assert_non_null(want);
     assert_non_null(got);
@@ -1208,20 +1224,12 @@ static void test_mixed_stress(void **state)
         free(w[i].alloc);
     }
     check_disk(sh.img, model, size, "after the workers");
-    int64_t walked = walk_disk(sh.img, size, bsize, got, why, sizeof(why));
-    if (walked < 0)
-        fail_msg("final walk: %s", why);
-    check_sector_set(got, want, sectors, "allocation (block_status) against the model");
+    check_walk(sh.img, size, bsize, got, want, "allocation (block_status) against the model");
     assert_int_equal(addcow_get_allocated_bytes(sh.img), count_set(want, sectors) * SECTOR);
     assert_int_equal(addcow_close(sh.img), 0);
 
-    if (read_disk_bitmap(f.acow, sectors, got, why, sizeof(why)) != 0)
-        fail_msg("%s", why);
-    check_sector_set(got, want, sectors, "on-disk bitmap after close against the model");
-    addcow_image *img = open_img(f.acow, ADDCOW_OPEN_RDONLY, NULL);
-    check_disk(img, model, size, "after close and reopen");
-    assert_int_equal(addcow_get_allocated_bytes(img), count_set(want, sectors) * SECTOR);
-    assert_int_equal(addcow_close(img), 0);
+    check_disk_bitmap(f.acow, sectors, got, want, "on-disk bitmap after close against the model");
+    check_reopened(f.acow, model, size, (int64_t)(count_set(want, sectors) * SECTOR));
     free(model);
     free(want);
     free(got);
@@ -1403,7 +1411,7 @@ static void overlapping_writers(const char *tag, const char *cache, unsigned per
     assert_int_equal(addcow_options_set(o, "cache", cache), 0);
     fx_make(&f, tag, size, lo + 96 * 1024 + 200, (uint32_t)seed);
     memset(&sh, 0, sizeof(sh));
-    sh.img = open_img(f.acow, ADDCOW_OPEN_RDWR, o);
+    sh.img = tu_open_ok(f.acow, ADDCOW_OPEN_RDWR, o);
     sh.lo = lo;
     sh.hi = hi;
     sh.seed = (uint32_t)(seed >> 7);
@@ -1427,14 +1435,12 @@ static void overlapping_writers(const char *tag, const char *cache, unsigned per
     {
         uint64_t sectors = size / SECTOR;
         unsigned char *want = calloc(sectors, 1), *got = malloc(sectors);
-        char why[512];
         assert_non_null(want);
         assert_non_null(got);
         for (uint64_t w = 0; w < (uint64_t)OW_T * sh.per_thread; w++)
             memset(want + sh.log[w].off / SECTOR, 1, OW_BLOCK / SECTOR);
-        if (walk_disk(sh.img, size, f.bsize, got, why, sizeof(why)) < 0)
-            fail_msg("walk: %s", why);
-        check_sector_set(got, want, sectors, "allocation (block_status) after the writers");
+        check_walk(sh.img, size, f.bsize, got, want,
+                   "allocation (block_status) after the writers");
         assert_int_equal(addcow_get_allocated_bytes(sh.img), count_set(want, sectors) * SECTOR);
         free(want);
         free(got);
@@ -1451,7 +1457,7 @@ static void overlapping_writers(const char *tag, const char *cache, unsigned per
     check_disk(sh.img, model, size, "outside the shared region");
     assert_int_equal(addcow_close(sh.img), 0);
 
-    addcow_image *img = open_img(f.acow, ADDCOW_OPEN_RDONLY, NULL);
+    addcow_image *img = tu_open_ok(f.acow, ADDCOW_OPEN_RDONLY, NULL);
     ow_verify(img, &sh, f.init, "after close and reopen");
     check_disk(img, model, size, "after close and reopen");
     assert_int_equal(addcow_close(img), 0);
@@ -1599,7 +1605,7 @@ static void test_no_global_lock(void **state)
     fx_make(&f, "nolock", size, bsize, (uint32_t)rng);
     addcow_options *o = hook_options();
     hook_reset();
-    addcow_image *img = open_img(f.acow, ADDCOW_OPEN_RDWR, o);
+    addcow_image *img = tu_open_ok(f.acow, ADDCOW_OPEN_RDWR, o);
     unsigned char *model = malloc(size), *pre = malloc(8192);
     unsigned char *d1 = malloc(a_len), *d2 = malloc(b_len);
     assert_non_null(model);
@@ -1678,7 +1684,7 @@ static void test_no_global_lock(void **state)
     if (parked && t2_in_time && t1_still_parked && t1err[0] == '\0' && t2err[0] == '\0') {
         check_disk(img, model, size, "after both threads");
         assert_int_equal(addcow_close(img), 0);
-        img = open_img(f.acow, ADDCOW_OPEN_RDONLY, NULL);
+        img = tu_open_ok(f.acow, ADDCOW_OPEN_RDONLY, NULL);
         check_disk(img, model, size, "after close and reopen");
     }
     addcow_close(img);
@@ -1755,7 +1761,7 @@ static void *fl_writer_run(void *arg)
     for (unsigned it = 0; (it < w->iters || (atomic_load(&sh->flushes) < sh->min_flushes &&
                                             it < 50 * w->iters)) && !eb_any(&sh->eb); it++) {
         uint64_t o = tu_rand_below(&w->rng, sh->size);
-        size_t l = (size_t)(1 + tu_rand_below(&w->rng, min_u64(sizeof(buf), sh->size - o)));
+        size_t l = (size_t)(1 + tu_rand_below(&w->rng, tu_min_u64(sizeof(buf), sh->size - o)));
         tu_fill_pattern(buf, l, sh->pat, o);
         int64_t r = addcow_pwrite(sh->img, buf, l, o);
         if (r != (int64_t)l) {
@@ -1830,14 +1836,13 @@ static void flush_concurrent(const char *tag, uint64_t size, const char *cache, 
     struct fl_shared sh;
     struct fl_writer w[FL_T];
     pthread_t th[FL_T], fl;
-    char why[512];
 
     fx_make(&f, tag, size, bsize, (uint32_t)seed);
     addcow_options *o = addcow_options_new();
     assert_non_null(o);
     assert_int_equal(addcow_options_set(o, "cache", cache), 0);
     memset(&sh, 0, sizeof(sh));
-    sh.img = open_img(f.acow, ADDCOW_OPEN_RDWR, o);
+    sh.img = tu_open_ok(f.acow, ADDCOW_OPEN_RDWR, o);
     sh.acow = f.acow;
     sh.size = size;
     sh.bsize = bsize;
@@ -1875,18 +1880,12 @@ static void flush_concurrent(const char *tag, uint64_t size, const char *cache, 
         want[i / SECTOR] |= sh.written[i];
     }
     assert_int_equal(addcow_flush(sh.img), 0);
-    if (read_disk_bitmap(f.acow, sh.sectors, got, why, sizeof(why)) != 0)
-        fail_msg("%s", why);
-    check_sector_set(got, want, sh.sectors, "on-disk bitmap after the final flush");
+    check_disk_bitmap(f.acow, sh.sectors, got, want, "on-disk bitmap after the final flush");
     assert_int_equal(addcow_get_allocated_bytes(sh.img), count_set(want, sh.sectors) * SECTOR);
     check_disk(sh.img, model, size, "after the writers");
     assert_int_equal(addcow_close(sh.img), 0);
-    if (read_disk_bitmap(f.acow, sh.sectors, got, why, sizeof(why)) != 0)
-        fail_msg("%s", why);
-    check_sector_set(got, want, sh.sectors, "on-disk bitmap after close");
-    addcow_image *img = open_img(f.acow, ADDCOW_OPEN_RDONLY, NULL);
-    check_disk(img, model, size, "after close and reopen");
-    assert_int_equal(addcow_close(img), 0);
+    check_disk_bitmap(f.acow, sh.sectors, got, want, "on-disk bitmap after close");
+    check_reopened(f.acow, model, size, -1);
     addcow_options_free(o);
     free(want);
     free(got);
@@ -2022,7 +2021,7 @@ static void reads_during_allocation(const char *tag, unsigned rounds, unsigned d
         hk.image_write_delay_us = delay_us;
         hk.backing_read_delay_us = delay_us;
     }
-    sh->img = open_img(f.acow, ADDCOW_OPEN_RDWR, o);
+    sh->img = tu_open_ok(f.acow, ADDCOW_OPEN_RDWR, o);
     eb_init(&sh->eb);
     atomic_init(&sh->written, 0);
     atomic_init(&sh->mixed_reads, 0);
@@ -2085,9 +2084,7 @@ static void reads_during_allocation(const char *tag, unsigned rounds, unsigned d
     assert_int_equal(addcow_close(sh->img), 0);
     hook_reset();
     addcow_options_free(o);
-    addcow_image *img = open_img(f.acow, ADDCOW_OPEN_RDONLY, NULL);
-    check_disk(img, model, size, "after close and reopen");
-    assert_int_equal(addcow_close(img), 0);
+    check_reopened(f.acow, model, size, -1);
     free(model);
     free(sh);
     fx_free(&f);
@@ -2169,11 +2166,10 @@ static void test_interleaved_allocation(void **state)
     struct ia_worker w[IA_T];
     pthread_t th[IA_T];
     pthread_barrier_t word;
-    char why[512];
 
     assert_int_equal(pthread_barrier_init(&word, NULL, IA_T), 0);
     fx_make(&f, "interleaved", size, bsize, (uint32_t)(seed >> 3));
-    addcow_image *img = open_img(f.acow, ADDCOW_OPEN_RDWR, NULL);
+    addcow_image *img = tu_open_ok(f.acow, ADDCOW_OPEN_RDWR, NULL);
     eb_init(&eb);
     for (unsigned i = 0; i < IA_T; i++) {
         w[i] = (struct ia_worker){ img, i, per_thread, pat, &eb, &word };
@@ -2194,19 +2190,12 @@ static void test_interleaved_allocation(void **state)
         tu_fill_pattern(model + s * SECTOR + head, SECTOR - head, pat, s * SECTOR + head);
         want[s] = 1;
     }
-    if (walk_disk(img, size, bsize, got, why, sizeof(why)) < 0)
-        fail_msg("walk: %s", why);
-    check_sector_set(got, want, sectors, "allocation (block_status)");
+    check_walk(img, size, bsize, got, want, "allocation (block_status)");
     assert_int_equal(addcow_get_allocated_bytes(img), (int64_t)(written * SECTOR));
     check_disk(img, model, size, "after the writers");
     assert_int_equal(addcow_close(img), 0);
-    if (read_disk_bitmap(f.acow, sectors, got, why, sizeof(why)) != 0)
-        fail_msg("%s", why);
-    check_sector_set(got, want, sectors, "on-disk bitmap after close");
-    img = open_img(f.acow, ADDCOW_OPEN_RDONLY, NULL);
-    check_disk(img, model, size, "after close and reopen");
-    assert_int_equal(addcow_get_allocated_bytes(img), (int64_t)(written * SECTOR));
-    assert_int_equal(addcow_close(img), 0);
+    check_disk_bitmap(f.acow, sectors, got, want, "on-disk bitmap after close");
+    check_reopened(f.acow, model, size, (int64_t)(written * SECTOR));
     free(model);
     free(want);
     free(got);

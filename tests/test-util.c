@@ -325,7 +325,7 @@ static void test_options_all_valid(void **state)
     static const struct {
         const char *key, *value;
     } ok[] = {
-        { "backend", "posix" },
+        { "backend", "posix" }, { "backend", "auto" },
         { "cache", "writeback" }, { "cache", "writethrough" }, { "cache", "none" },
         { "backing-format", "auto" }, { "backing-format", "raw" },
         { "backing-format", "add-cow" },
@@ -349,7 +349,7 @@ static void test_options_values_take_effect(void **state)
     addcow_options *o = addcow_options_new();
     assert_non_null(o);
     /* Fresh options are the defaults of API.md. */
-    assert_int_equal(o->backend, AC_BACKEND_POSIX);
+    assert_int_equal(o->backend, AC_BACKEND_AUTO);
     assert_int_equal(o->cache, AC_CACHE_WRITEBACK);
     assert_int_equal(o->backing_format, AC_BFMT_AUTO);
     assert_int_equal(o->locking, 1);
@@ -372,7 +372,14 @@ static void test_options_values_take_effect(void **state)
     /* A refused value leaves the previous one. */
     assert_int_equal(addcow_options_set(o, "cache", "bogus"), -EINVAL);
     assert_int_equal(o->cache, AC_CACHE_WRITETHROUGH);
+#ifdef HAVE_LIBURING
+    assert_int_equal(addcow_options_set(o, "backend", "io_uring"), 0);
+    assert_int_equal(o->backend, AC_BACKEND_IO_URING);
+#else
     assert_int_equal(addcow_options_set(o, "backend", "io_uring"), -ENOTSUP);
+    assert_int_equal(o->backend, AC_BACKEND_AUTO);
+#endif
+    assert_int_equal(addcow_options_set(o, "backend", "posix"), 0);
     assert_int_equal(o->backend, AC_BACKEND_POSIX);
 
     assert_int_equal(addcow_options_set(o, "locking", "on"), 0);
@@ -443,6 +450,9 @@ static void test_options_null_args(void **state)
 static void test_options_io_uring_not_built(void **state)
 {
     (void)state;
+#ifdef HAVE_LIBURING
+    skip();     /* built in: test-uring tests the backend */
+#endif
     addcow_options *o = addcow_options_new();
     assert_non_null(o);
     check_set_fails(o, "backend", "io_uring", -ENOTSUP, "backend");
