@@ -76,6 +76,24 @@ int ac_image_readv(struct addcow_image *img, const struct iovec *iov, int iovcnt
     void *heap = NULL;
     int r = 0;
 
+    /* The common case: the whole request lies in one run of one file. */
+    uint64_t run0;
+    int st0 = ac_image_status(img, offset, len, &run0);
+    if (st0 < 0)
+        return st0;
+    if (run0 == len && !(st0 & ADDCOW_STATUS_ZERO) &&
+        ((st0 & ADDCOW_STATUS_ALLOCATED) || img->backing.kind == AC_BK_RAW)) {
+        bool image = (st0 & ADDCOW_STATUS_ALLOCATED) != 0;
+        int64_t got = ac_file_read_full(image ? img->imgf : img->backing.raw, iov, iovcnt,
+                                        offset, len);
+        if (got < 0)
+            return ac_error((int)got, "%s '%s': reading %" PRIu64 " bytes at %" PRIu64,
+                            image ? "image file" : "backing file",
+                            image ? img->image_path : img->backing_path, len, offset);
+        if ((uint64_t)got < len)
+            ac_iov_memset0(iov, iovcnt, (uint64_t)got, len - (uint64_t)got);
+        return 0;
+    }
     if (iovcnt > SMALL_IOV) {
         /* Room for every slice: the runs of a batch cover at most
          * iovcnt + cap - 1 iovec pieces. */
@@ -85,8 +103,8 @@ int ac_image_readv(struct addcow_image *img, const struct iovec *iov, int iovcnt
         b.pool = heap;
     }
     for (uint64_t pos = 0; pos < len && r == 0;) {
-        uint64_t run;
-        int st = ac_image_status(img, offset + pos, len - pos, &run);
+        uint64_t run = run0;
+        int st = pos == 0 ? st0 : ac_image_status(img, offset + pos, len - pos, &run);
         if (st < 0) {
             r = st;
             break;
