@@ -30,6 +30,7 @@
 #include "iov.h"
 
 #define DIRECT_DEFAULT_ALIGN 4096u
+#define AC_POSIX_LOCK_BYTE ((off_t)0x7fffffff00000000LL)   /* libaddcow's lock byte */
 #define BOUNCE_MAX AC_POSIX_BOUNCE_MAX
 
 static struct posix_file *pf(struct ac_file *f)
@@ -232,6 +233,12 @@ int ac_posix_lock(struct ac_file *f, int mode)
     memset(&fl, 0, sizeof(fl));
     fl.l_type = mode == AC_LOCK_EXCLUSIVE ? F_WRLCK : F_RDLCK;
     fl.l_whence = SEEK_SET;
+    /* One byte far past any data, not the whole file: QEMU locks bytes
+     * 100 and up of the files it opens and reads any lock there as a
+     * refusal to share, so a whole-file lock would stop qemu-img from
+     * opening a base image that an add-cow overlay is reading. */
+    fl.l_start = AC_POSIX_LOCK_BYTE;
+    fl.l_len = 1;
     if (fcntl(pf(f)->fd, F_OFD_SETLK, &fl) == 0)
         return 0;
     if (errno == EAGAIN || errno == EACCES)
