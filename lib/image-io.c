@@ -211,7 +211,7 @@ static int write_image_file(struct addcow_image *img, const struct iovec *iov, i
 static int write_allocating(struct addcow_image *img, const struct iovec *iov, int iovcnt,
                             uint64_t offset, uint64_t len, uint64_t s0, uint64_t s1)
 {
-    unsigned char cow[2][AC_SECTOR_SIZE] __attribute__((aligned(AC_SECTOR_SIZE)));
+    unsigned char cow[2 * AC_SECTOR_SIZE] __attribute__((aligned(AC_SECTOR_SIZE)));
     uint64_t end = offset + len;
     uint64_t head = offset - (s0 << AC_SECTOR_SHIFT);           /* bytes before offset */
     uint64_t tail = (s1 << AC_SECTOR_SHIFT) - end;              /* bytes after end */
@@ -227,18 +227,20 @@ static int write_allocating(struct addcow_image *img, const struct iovec *iov, i
         return r;
     if (iovcnt > SMALL_IOV && (v = malloc(sizeof(*v) * ((size_t)iovcnt + 2))) == NULL)
         return ac_error(ENOMEM, "writing '%s'", img->path);
+    /* The first and last sectors side by side: one read for both . */
+    bool pair = head_cow && tail_cow && s1 - 1 == s0 + 1;
     if (head_cow) {
-        struct iovec s = { cow[0], AC_SECTOR_SIZE };
-        r = ac_image_readv(img, &s, 1, s0 << AC_SECTOR_SHIFT, AC_SECTOR_SIZE);
-        v[n].iov_base = cow[0];
+        struct iovec s = { cow, pair ? 2 * AC_SECTOR_SIZE : AC_SECTOR_SIZE };
+        r = ac_image_readv(img, &s, 1, s0 << AC_SECTOR_SHIFT, s.iov_len);
+        v[n].iov_base = cow;
         v[n++].iov_len = (size_t)head;
     }
-    unsigned char *tail_src = cow[1];
-    if (r == 0 && tail_cow) {
+    unsigned char *tail_src = cow + AC_SECTOR_SIZE;
+    if (r == 0 && tail_cow && !pair) {
         if (head_cow && s1 - 1 == s0) {
-            tail_src = cow[0];
+            tail_src = cow;
         } else {
-            struct iovec s = { cow[1], AC_SECTOR_SIZE };
+            struct iovec s = { cow + AC_SECTOR_SIZE, AC_SECTOR_SIZE };
             r = ac_image_readv(img, &s, 1, (s1 - 1) << AC_SECTOR_SHIFT, AC_SECTOR_SIZE);
         }
     }
