@@ -173,8 +173,13 @@ static ssize_t posix_rw(struct ac_file *f, const struct iovec *iov, int iovcnt,
     if (route == AC_ROUTE_BOUNCE)
         return bounce_io(p, iov, iovcnt, offset, write);
     int fd = route == AC_ROUTE_DIRECT ? p->fd : p->bfd;
-    ssize_t r = write ? pwritev(fd, iov, iovcnt, (off_t)offset)
-                      : preadv(fd, iov, iovcnt, (off_t)offset);
+    ssize_t r;
+    if (iovcnt == 1)        /* the kernel's single-buffer path is the cheaper one */
+        r = write ? pwrite(fd, iov[0].iov_base, iov[0].iov_len, (off_t)offset)
+                  : pread(fd, iov[0].iov_base, iov[0].iov_len, (off_t)offset);
+    else
+        r = write ? pwritev(fd, iov, iovcnt, (off_t)offset)
+                  : preadv(fd, iov, iovcnt, (off_t)offset);
     return r < 0 ? -errno : r;
 }
 

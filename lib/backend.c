@@ -90,6 +90,17 @@ static int64_t transfer_full(struct ac_file *f, const struct iovec *iov, int iov
     uint64_t done = 0;
     int64_t ret = 0;
 
+    /* The usual case: one call does it all. */
+    if (iovcnt <= IOV_MAX && len > 0 && ac_iov_size(iov, iovcnt) == len) {
+        ssize_t r = write ? f->ops->pwritev(f, iov, iovcnt, offset)
+                          : f->ops->preadv(f, iov, iovcnt, offset);
+        if (r < 0 && r != -EINTR)
+            return r;
+        if (r > 0)
+            done = (uint64_t)r;
+        if (done == len || (r == 0 && !write))
+            return (int64_t)done;
+    }
     if (iovcnt > SMALL_IOV && (piece = malloc(sizeof(*piece) * (size_t)iovcnt)) == NULL)
         return -ENOMEM;
     while (done < len) {

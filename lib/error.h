@@ -16,7 +16,4 @@ const char *ac_error_get(void);
 /* err is a positive or negative errno; returns it negated (-|err|). */
 int ac_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* True if the thread's message was set since the last ac_enter(). */
-int ac_error_is_set(void);
-
 #endif
