@@ -409,8 +409,11 @@ int ac_bm_resize(struct ac_bitmap *bm, uint64_t nbits)
         ac_bits_clear(bm->dirty, nblocks, bm->ndirty_blocks - nblocks);
     }
     bm->ndirty_blocks = nblocks;
+    /* Growing: only the old tail byte's block changes on disk (its bits
+     * past the old end are written as 0); the bytes after it are zeros in
+     * the file, which the caller extends.  Shrinking: the new last byte. */
     if (nbits > old)
-        mark_bits_dirty(bm, old, nbits - old);
+        mark_bits_dirty(bm, old, 1);
     else if (nbits > 0)
         mark_bits_dirty(bm, nbits - 1, 1);
     return 0;

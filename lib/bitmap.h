@@ -86,8 +86,10 @@ uint64_t ac_bm_first_unknown(const struct ac_bitmap *bm, uint64_t start, uint64_
 
 /* Changes the bit count, keeping the bits below min(old, new); new bits are
  * clear (known); bits past the new end are dropped.  The chunks holding the
- * old and the new last bit must be known.  Marks the changed tail dirty.
- * -ENOMEM or 0 (on failure the bitmap is unchanged). */
+ * old and the new last bit must be known.  Marks dirty the block of the
+ * last byte that changes on disk: the old tail byte when growing (the
+ * caller makes the file hold zeros after it), the new last byte when
+ * shrinking.  -ENOMEM or 0 (on failure the bitmap is unchanged). */
 int ac_bm_resize(struct ac_bitmap *bm, uint64_t nbits);
 
 /* Byte-level import/export in the on-disk layout, over known chunks.

@@ -556,7 +556,17 @@ static int grow(struct addcow_image *img, uint64_t size)
     if (r < 0)
         return ac_error(r, "add-cow file '%s': growing the bitmap", img->path);
 
-    r = set_file_length(img->acf, ac_file_length_for_size(size), "add-cow file", img->path);
+    /* The new bitmap bytes are zeros from the file system: cut off what
+     * an interrupted shrink may have left past the old bitmap, then extend
+     * (sparse).  Only set bits and the old tail byte are written. */
+    uint64_t old_len = ac_file_length_for_size(old);
+    int64_t alen = img->acf->ops->size(img->acf);
+    if (alen < 0)
+        return ac_error((int)alen, "add-cow file '%s': cannot get size", img->path);
+    if ((uint64_t)alen > old_len)
+        r = set_file_length(img->acf, old_len, "add-cow file", img->path);
+    if (r == 0)
+        r = set_file_length(img->acf, ac_file_length_for_size(size), "add-cow file", img->path);
     if (r == 0)
         r = flush_locked(img);
     if (r == 0)

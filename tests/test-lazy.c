@@ -408,6 +408,48 @@ static void test_truncate_across_chunks(void **state)
     free(ac);
 }
 
+/* Growing to a huge size keeps the add-cow file sparse: the new bitmap
+ * bytes are the file system's zeros, not written ones. */
+static void test_grow_huge_stays_sparse(void **state)
+{
+    (void)state;
+    char *ac = tu_path("grow.add-cow");
+    char *raw = tu_path("grow.raw");
+    assert_int_equal(addcow_create(ac, UINT64_C(1) << 30, NULL, "grow.raw", NULL), 0);
+    addcow_image *img = xopen(ac, ADDCOW_OPEN_RDWR);
+    unsigned char b[SEC];
+    memset(b, 0x5a, sizeof(b));
+    assert_int_equal(addcow_pwrite(img, b, SEC, (UINT64_C(1) << 30) - SEC), SEC);
+    uint64_t huge = UINT64_C(8) << 40;
+    int r = addcow_truncate(img, huge);
+    if (r == -EFBIG) {
+        print_message("# skipped: no 8 TiB files here (%s)\n", addcow_last_error());
+        addcow_close(img);
+        free(ac);
+        free(raw);
+        skip();
+    }
+    assert_int_equal(r, 0);
+    assert_int_equal(addcow_close(img), 0);
+    struct stat st;
+    assert_int_equal(stat(ac, &st), 0);
+    assert_int_equal((uint64_t)st.st_size, AC_HEADER_SIZE + huge / SEC / 8);
+    if ((uint64_t)st.st_blocks * 512 > (UINT64_C(4) << 20))
+        fail_msg("the add-cow file holds %llu bytes of data after the grow",
+                 (unsigned long long)st.st_blocks * 512);
+    img = xopen(ac, ADDCOW_OPEN_RDONLY);
+    assert_int_equal(addcow_get_allocated_bytes(img), SEC);
+    uint64_t run;
+    assert_int_equal(addcow_block_status(img, UINT64_C(1) << 30, huge - (UINT64_C(1) << 30), &run),
+                     (int)ADDCOW_STATUS_ZERO);
+    assert_int_equal(run, huge - (UINT64_C(1) << 30));
+    assert_int_equal(addcow_close(img), 0);
+    unlink(ac);
+    unlink(raw);
+    free(ac);
+    free(raw);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -416,6 +458,7 @@ int main(void)
         cmocka_unit_test(test_unread_chunks_survive_flush),
         cmocka_unit_test(test_runs_across_chunks_and_full_chunks),
         cmocka_unit_test(test_truncate_across_chunks),
+        cmocka_unit_test(test_grow_huge_stays_sparse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
