@@ -503,14 +503,20 @@ static int64_t walk_disk(addcow_image *img, uint64_t size, uint64_t bsize, unsig
             return -1;
         }
         if (st == ADDCOW_STATUS_ALLOCATED) {
-            if (off % SECTOR != 0 || run % SECTOR != 0) {
+            /* A walk is not atomic: the previous run may have ended at an
+             * odd backing end, inside a sector that a writer allocated
+             * since; then this run starts there.  Anywhere else an
+             * allocated run is whole sectors. */
+            bool at_backing_end = off == bsize && off % SECTOR != 0;
+            if ((off % SECTOR != 0 && !at_backing_end) || (off + run) % SECTOR != 0) {
                 snprintf(why, wl, "allocated run [%" PRIu64 ", +%" PRIu64 ") not whole sectors",
                          off, run);
                 return -1;
             }
+            uint64_t s0 = off / SECTOR, s1 = (off + run) / SECTOR;
             if (alloc != NULL)
-                memset(alloc + off / SECTOR, 1, run / SECTOR);
-            total += run;
+                memset(alloc + s0, 1, s1 - s0);
+            total += (s1 - s0) * SECTOR;
         } else if (st == ADDCOW_STATUS_ZERO && off < bsize) {
             snprintf(why, wl, "ZERO run at %" PRIu64 ", below the backing end %" PRIu64, off,
                      bsize);
