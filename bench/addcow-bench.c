@@ -779,6 +779,10 @@ static double io_run(void *ctx, enum side side, int rep)
     if (side == SIDE_PEER)
         return io_run_peer(w);
 
+    /* The two sides' timed loops are written out separately on purpose:
+     * each must be the plain calls of its own API, with nothing shared in
+     * between (no function pointer on the raw side) that would blur the
+     * ratio. */
     if (side == SIDE_LIB) {
         addcow_image *img = w->img;
         if (w->write) {

@@ -43,24 +43,31 @@ struct read_batch {
     int n, cap, pool_used;
 };
 
-/* Submits the batch; a run that ends past its file's end reads zeros
- * there. */
+/* Completes one read of a run: an error names the file; a run that ends
+ * past its file's end reads zeros there. */
+static int finish_read(struct addcow_image *img, const struct ac_req *q)
+{
+    if (q->result < 0) {
+        bool image = q->file == img->imgf;
+        return ac_error((int)q->result, "%s '%s': reading %" PRIu64 " bytes at %" PRIu64,
+                        image ? "image file" : "backing file",
+                        image ? img->image_path : img->backing_path, q->len, q->offset);
+    }
+    if ((uint64_t)q->result < q->len)
+        ac_iov_memset0(q->iov, q->iovcnt, (uint64_t)q->result, q->len - (uint64_t)q->result);
+    return 0;
+}
+
+/* Submits the batch and completes each read. */
 static int read_batch_run(struct addcow_image *img, struct read_batch *b)
 {
     if (b->n == 0)
         return 0;
     ac_submit(b->reqs, b->n);
     for (int i = 0; i < b->n; i++) {
-        struct ac_req *q = &b->reqs[i];
-        if (q->result < 0) {
-            bool image = q->file == img->imgf;
-            return ac_error((int)q->result, "%s '%s': reading %" PRIu64 " bytes at %" PRIu64,
-                            image ? "image file" : "backing file",
-                            image ? img->image_path : img->backing_path, q->len, q->offset);
-        }
-        if ((uint64_t)q->result < q->len)
-            ac_iov_memset0(q->iov, q->iovcnt, (uint64_t)q->result,
-                           q->len - (uint64_t)q->result);
+        int r = finish_read(img, &b->reqs[i]);
+        if (r < 0)
+            return r;
     }
     b->n = 0;
     b->pool_used = 0;
@@ -83,16 +90,12 @@ int ac_image_readv(struct addcow_image *img, const struct iovec *iov, int iovcnt
         return st0;
     if (run0 == len && !(st0 & ADDCOW_STATUS_ZERO) &&
         ((st0 & ADDCOW_STATUS_ALLOCATED) || img->backing.kind == AC_BK_RAW)) {
-        bool image = (st0 & ADDCOW_STATUS_ALLOCATED) != 0;
-        int64_t got = ac_file_read_full(image ? img->imgf : img->backing.raw, iov, iovcnt,
-                                        offset, len);
-        if (got < 0)
-            return ac_error((int)got, "%s '%s': reading %" PRIu64 " bytes at %" PRIu64,
-                            image ? "image file" : "backing file",
-                            image ? img->image_path : img->backing_path, len, offset);
-        if ((uint64_t)got < len)
-            ac_iov_memset0(iov, iovcnt, (uint64_t)got, len - (uint64_t)got);
-        return 0;
+        struct ac_req q = { .file = (st0 & ADDCOW_STATUS_ALLOCATED) ? img->imgf
+                                                                    : img->backing.raw,
+                            .op = AC_REQ_READ, .iov = iov, .iovcnt = iovcnt,
+                            .offset = offset, .len = len };
+        q.result = ac_file_read_full(q.file, iov, iovcnt, offset, len);
+        return finish_read(img, &q);
     }
     if (iovcnt > SMALL_IOV) {
         /* Room for every slice: the runs of a batch cover at most
