@@ -365,6 +365,7 @@ struct result {
     char unit[12];
     double lib, raw, ratio;        /* ratio: libaddcow speed / raw speed */
     double peer, peer_ratio;       /* qemu-img, and qemu-img / raw */
+    double floor, lib_floor;       /* the floor (see struct io_wl), libaddcow / floor */
     char target[40];
     enum verdict v;
     char note[200];
@@ -385,7 +386,7 @@ static struct result *add_result(const char *id, const char *what, const char *u
     snprintf(r->what, sizeof(r->what), "%s", what);
     snprintf(r->backend, sizeof(r->backend), "%s", g_backend ? g_backend : "-");
     snprintf(r->unit, sizeof(r->unit), "%s", unit);
-    r->lib = r->raw = r->ratio = r->peer = r->peer_ratio = NAN;
+    r->lib = r->raw = r->ratio = r->peer = r->peer_ratio = r->floor = r->lib_floor = NAN;
     r->plot = r->plot_peer = r->plot_target = NAN;
     r->v = V_INFO;
     return r;
@@ -442,7 +443,7 @@ static double median(double *v, int n)
 /* ---- the measurement loop -------------------------------------------- */
 
 enum side { SIDE_LIB, SIDE_RAW, SIDE_PEER };
-static const char *const side_name[] = { "libaddcow", "raw", "qemu-img" };
+static const char *const side_name[] = { "libaddcow", "raw", "qemu-img|floor" };
 
 /* One timed run of one side: the seconds the timed part took, or NAN if
  * that side could not run. */
@@ -561,10 +562,11 @@ static void setup_shared(void)
     make_raw("raw-thr.raw", NULL, 3);
     make_raw("w.img", NULL, 7);
     make_raw("w.raw", NULL, 7);
+    make_raw("f.img", NULL, 7);      /* the floor's image file */
     static const char *const files[] = {
         "base.raw", "full.img", "full.add-cow", "raw-full.raw", "half.img", "half.add-cow",
         "raw-half.raw", "alt.img", "alt.add-cow", "raw-alt.raw", "thr.img", "thr.tmpl",
-        "raw-thr.raw", "w.img", "w.raw" };
+        "raw-thr.raw", "w.img", "w.raw", "f.img" };
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         sync_file(files[i]);
         warm(files[i]);
@@ -737,6 +739,13 @@ struct io_wl {
     size_t flush_every;         /* 0: none */
     bool final_flush;
     uint64_t peer_step;         /* the peer's offsets: i * step mod size */
+    /* The floor of cases 3, 5 and 6: the fewest plain system calls that
+     * any add-cow implementation must make for the same work (read from
+     * the file the bitmap names; copy-on-write read then write; data
+     * durable before bitmap bytes, then those durable), with the bitmap
+     * in plain memory.  It runs in the third side's slot. */
+    int floor;                  /* 0: none; else the case number */
+    uint8_t *fmap;              /* floor: sectors allocated so far (case 6) */
     char *buf;                  /* read buffer, or write sources (SRC_SLOTS * len) */
     addcow_image *img;          /* read cases: opened once */
     int fd;
@@ -771,13 +780,104 @@ static double io_run_peer(struct io_wl *w)
     return wall - base > reported ? wall - base : reported;
 }
 
+/* The floor side (see struct io_wl).  F_IMG and F_BM stand for the image
+ * file and the add-cow file of a minimal implementation. */
+#define F_IMG "f.img"
+#define F_BM "f.bm"
+
+static double io_run_floor(struct io_wl *w)
+{
+    if (w->floor == 3) {
+        int fi = raw_open("half.img", O_RDONLY), fb = raw_open("base.raw", O_RDONLY);
+        uint64_t t0 = now_ns();
+        for (size_t i = 0; i < w->n; i++) {
+            uint64_t off = w->offs[i];
+            raw_pread(g_half_map[off / BLOCK] ? fi : fb, w->buf, w->len, off);
+        }
+        double t = secs_since(t0);
+        close(fi);
+        close(fb);
+        return t;
+    }
+    uint64_t nsec = C.size / 512;
+    size_t bm_len = (size_t)(nsec / 8);
+    int fi = raw_open(F_IMG, O_RDWR), fb = -1, fbase = -1;
+    uint8_t *bm = NULL;
+    if (w->floor == 5) {
+        /* a fresh bitmap file: header and bitmap, all zero, sparse */
+        unlink(F_BM);
+        fb = raw_open(F_BM, O_RDWR | O_CREAT | O_TRUNC);
+        if (ftruncate(fb, 2068 + (off_t)bm_len) < 0)
+            die("ftruncate '%s': %s", F_BM, strerror(errno));
+        bm = calloc(1, bm_len);
+        if (bm == NULL)
+            die("out of memory");
+    } else {
+        memset(w->fmap, 0, (size_t)nsec);
+        fbase = raw_open("base.raw", O_RDONLY);
+    }
+    uint64_t t0 = now_ns();
+    if (w->floor == 5) {
+        uint64_t lo = UINT64_MAX, hi = 0;       /* dirty bitmap bytes */
+        for (size_t i = 0; i < w->n; i++) {
+            uint64_t off = w->offs[i];
+            raw_pwrite(fi, w->buf + (i % SRC_SLOTS) * w->len, w->len, off);
+            for (uint64_t sct = off / 512; sct < (off + w->len) / 512; sct++)
+                bm[sct / 8] |= (uint8_t)(1u << (sct % 8));
+            lo = off / 4096 < lo ? off / 4096 : lo;
+            hi = (off + w->len - 1) / 4096 > hi ? (off + w->len - 1) / 4096 : hi;
+            bool last = i + 1 == w->n;
+            if (((i + 1) % w->flush_every == 0) || last) {
+                raw_sync(fi);
+                uint64_t b0 = lo & ~UINT64_C(511), b1 = (hi + 512) & ~UINT64_C(511);
+                if (b1 > bm_len)
+                    b1 = bm_len;
+                raw_pwrite(fb, bm + b0, (size_t)(b1 - b0), 2068 + b0);
+                raw_sync(fb);
+                lo = UINT64_MAX;
+                hi = 0;
+            }
+        }
+    } else {
+        /* w->len <= 512: the write covers at most two sectors */
+        char cow[1024];
+        for (size_t i = 0; i < w->n; i++) {
+            uint64_t off = w->offs[i], a = off & ~UINT64_C(511);
+            uint64_t e = (off + w->len + 511) & ~UINT64_C(511);
+            const char *src = w->buf + (i % SRC_SLOTS) * w->len;
+            bool head = off != a && !w->fmap[a / 512];
+            bool tail = off + w->len != e && !w->fmap[e / 512 - 1];
+            if (head && tail) {             /* one read for both */
+                raw_pread(fbase, cow, (size_t)(e - a), a);
+            } else if (head) {
+                raw_pread(fbase, cow, 512, a);
+            } else if (tail) {
+                raw_pread(fbase, cow + (e - 512 - a), 512, e - 512);
+            }
+            uint64_t ws = head ? a : off, we = tail ? e : off + w->len;
+            memcpy(cow + (off - a), src, w->len);
+            raw_pwrite(fi, cow + (ws - a), (size_t)(we - ws), ws);
+            for (uint64_t sct = a / 512; sct < e / 512; sct++)
+                w->fmap[sct] = 1;
+        }
+    }
+    double t = secs_since(t0);
+    close(fi);
+    if (fb >= 0)
+        close(fb);
+    if (fbase >= 0)
+        close(fbase);
+    free(bm);
+    return t;
+}
+
 static double io_run(void *ctx, enum side side, int rep)
 {
     struct io_wl *w = ctx;
     (void)rep;
 
     if (side == SIDE_PEER)
-        return io_run_peer(w);
+        return w->floor ? io_run_floor(w) : io_run_peer(w);
 
     /* The two sides' timed loops are written out separately on purpose:
      * each must be the plain calls of its own API, with nothing shared in
@@ -879,6 +979,24 @@ static void io_rep_done(void *ctx, int rep)
             break;
         }
     }
+    /* The floor wrote the same bytes as the raw side (the last write to a
+     * place wins on both). */
+    if (w->floor == 5 || w->floor == 6) {
+        int ff = raw_open("f.img", O_RDONLY);
+        size_t step = w->n > 512 ? w->n / 512 : 1;
+        char *x = xmalloc(w->len), *y = xmalloc(w->len);
+        for (size_t i = 0; i < w->n; i += step) {
+            raw_pread(ff, x, w->len, w->offs[i]);
+            raw_pread(fd, y, w->len, w->offs[i]);
+            if (memcmp(x, y, w->len) != 0) {
+                fail_check(w->res, "the floor side did not write what the raw side wrote");
+                break;
+            }
+        }
+        free(x);
+        free(y);
+        close(ff);
+    }
     free(a);
     free(e);
     free(touched);
@@ -928,7 +1046,9 @@ static void run_io(struct io_wl *w, struct result *res, bool unit_bytes, bool wi
     }
     double med[3];
     double work = unit_bytes ? (double)w->n * (double)w->len / (double)MiB : (double)w->n;
-    measure(io_run, io_rep_done, w, with_peer ? 3 : 2, work, med);
+    if (w->floor == 6)
+        w->fmap = xmalloc((size_t)(C.size / 512));
+    measure(io_run, io_rep_done, w, with_peer || w->floor ? 3 : 2, work, med);
     res->lib = med[SIDE_LIB];
     res->raw = med[SIDE_RAW];
     res->ratio = res->lib / res->raw;
@@ -936,6 +1056,14 @@ static void run_io(struct io_wl *w, struct result *res, bool unit_bytes, bool wi
         res->peer = med[SIDE_PEER];
         res->peer_ratio = res->peer / res->raw;
     }
+    if (w->floor) {
+        res->floor = med[SIDE_PEER];
+        res->lib_floor = res->lib / res->floor;
+        set_note(res, "floor %.0f %s: lib/floor %.3f, floor/raw %.3f", res->floor, res->unit,
+                 res->lib_floor, res->floor / res->raw);
+    }
+    free(w->fmap);
+    w->fmap = NULL;
     if (w->img != NULL)
         lib_close(w->img);
     if (w->fd >= 0)
@@ -1022,7 +1150,7 @@ static void case_rand_read(void)
     uint64_t *o = offs_blocks(C.rand_reads, C.seed ^ 3);
     struct result *res = add_result("3", "rand read 4 KiB, half allocated", "IOPS");
     struct io_wl w = { .id = "3", .lib_name = "half.add-cow", .raw_name = "raw-half.raw",
-                       .offs = o, .n = C.rand_reads, .len = BLOCK };
+                       .offs = o, .n = C.rand_reads, .len = BLOCK, .floor = 3 };
     run_io(&w, res, false, false);
     judge_ratio(res, 0.95);
     show(res);
@@ -1039,7 +1167,8 @@ static void case_rand_write(const char *id, size_t n, size_t flush_every, double
         snprintf(what, sizeof(what), "rand write 4 KiB, flush at end");
     struct result *res = add_result(id, what, "IOPS");
     struct io_wl w = { .id = id, .offs = o, .n = n, .len = BLOCK, .write = true,
-                       .flush_every = flush_every, .final_flush = true };
+                       .flush_every = flush_every, .final_flush = true,
+                       .floor = flush_every ? 5 : 0 };
     run_io(&w, res, false, false);
     judge_ratio(res, target);
     show(res);
@@ -1054,7 +1183,7 @@ static void case_small_write(void)
     for (size_t i = 0; i < n; i++)
         o[i] = rnd_below(&seed, C.size - 512);
     struct result *res = add_result("6", "write 512 B unaligned, COW, no flush", "IOPS");
-    struct io_wl w = { .id = "6", .offs = o, .n = n, .len = 512, .write = true };
+    struct io_wl w = { .id = "6", .offs = o, .n = n, .len = 512, .write = true, .floor = 6 };
     run_io(&w, res, false, false);
     judge_ratio(res, 0.60);
     show(res);
@@ -1775,8 +1904,8 @@ static void write_csv(const char *path)
     FILE *f = fopen(path, "w");
     if (f == NULL)
         die("cannot write '%s': %s", path, strerror(errno));
-    fprintf(f, "case,what,backend,unit,lib,raw,ratio,qemu_img,qemu_ratio,target,result,"
-            "note,reps\n");
+    fprintf(f, "case,what,backend,unit,lib,raw,ratio,qemu_img,qemu_ratio,floor,lib_floor,"
+            "target,result,note,reps\n");
     for (int i = 0; i < nresults; i++) {
         const struct result *r = &results[i];
         csv_field(f, r->id);
@@ -1796,6 +1925,10 @@ static void write_csv(const char *path)
         csv_num(f, r->peer);
         fputc(',', f);
         csv_num(f, r->peer_ratio);
+        fputc(',', f);
+        csv_num(f, r->floor);
+        fputc(',', f);
+        csv_num(f, r->lib_floor);
         fputc(',', f);
         csv_field(f, r->target);
         fputc(',', f);

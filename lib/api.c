@@ -4,6 +4,8 @@
  */
 #include "config.h"
 
+#include "hot.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -158,7 +160,7 @@ static int check_iov(const struct iovec *iov, int iovcnt, uint64_t *total)
     return 0;
 }
 
-static int check_buf(const void *buf, size_t count)
+AC_HOT static int check_buf(const void *buf, size_t count)
 {
     if (buf == NULL && count > 0)
         return ac_error(EINVAL, "buffer is NULL");
@@ -167,7 +169,7 @@ static int check_buf(const void *buf, size_t count)
     return 0;
 }
 
-static int64_t do_read(addcow_image *img, const struct iovec *iov, int iovcnt,
+AC_HOT static int64_t do_read(addcow_image *img, const struct iovec *iov, int iovcnt,
                        uint64_t total, uint64_t offset)
 {
     if (offset >= img->size || total == 0)
@@ -179,7 +181,7 @@ static int64_t do_read(addcow_image *img, const struct iovec *iov, int iovcnt,
 }
 
 /* Checks that a write of len bytes at offset fits and may happen. */
-static int check_write(addcow_image *img, uint64_t offset, uint64_t len, const char *what)
+AC_HOT static int check_write(addcow_image *img, uint64_t offset, uint64_t len, const char *what)
 {
     if (!img->writable)
         return ac_error(EBADF, "'%s' is open read-only", img->path);
@@ -192,7 +194,7 @@ static int check_write(addcow_image *img, uint64_t offset, uint64_t len, const c
     return 0;
 }
 
-static int64_t do_write(addcow_image *img, const struct iovec *iov, int iovcnt,
+AC_HOT static int64_t do_write(addcow_image *img, const struct iovec *iov, int iovcnt,
                         uint64_t total, uint64_t offset)
 {
     int r = check_write(img, offset, total, "write");
@@ -204,7 +206,7 @@ static int64_t do_write(addcow_image *img, const struct iovec *iov, int iovcnt,
     return r < 0 ? r : (int64_t)total;
 }
 
-ADDCOW_API int64_t addcow_pread(addcow_image *img, void *buf, size_t count, uint64_t offset)
+AC_HOT ADDCOW_API int64_t addcow_pread(addcow_image *img, void *buf, size_t count, uint64_t offset)
 {
     ENTER();
     CHECK_IMG(img);
@@ -215,7 +217,7 @@ ADDCOW_API int64_t addcow_pread(addcow_image *img, void *buf, size_t count, uint
     return do_read(img, &v, 1, count, offset);
 }
 
-ADDCOW_API int64_t addcow_pwrite(addcow_image *img, const void *buf, size_t count,
+AC_HOT ADDCOW_API int64_t addcow_pwrite(addcow_image *img, const void *buf, size_t count,
                                  uint64_t offset)
 {
     ENTER();

@@ -10,6 +10,8 @@
  */
 #include "config.h"
 
+#include "hot.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -125,7 +127,7 @@ static int is_aligned(uint64_t v, unsigned a)
 
 /* Which descriptor serves this request, and whether it needs a bounce
  * buffer. */
-enum ac_posix_route ac_posix_route(const struct posix_file *p, const struct iovec *iov,
+AC_HOT enum ac_posix_route ac_posix_route(const struct posix_file *p, const struct iovec *iov,
                                    int iovcnt, uint64_t offset)
 {
     if (p->bfd < 0)
@@ -165,7 +167,7 @@ static ssize_t bounce_io(struct posix_file *p, const struct iovec *iov, int iovc
     return r < 0 ? -e : r;
 }
 
-static ssize_t posix_rw(struct ac_file *f, const struct iovec *iov, int iovcnt,
+AC_HOT static ssize_t posix_rw(struct ac_file *f, const struct iovec *iov, int iovcnt,
                         uint64_t offset, int write)
 {
     struct posix_file *p = pf(f);
@@ -183,13 +185,13 @@ static ssize_t posix_rw(struct ac_file *f, const struct iovec *iov, int iovcnt,
     return r < 0 ? -errno : r;
 }
 
-ssize_t ac_posix_preadv(struct ac_file *f, const struct iovec *iov, int iovcnt,
+AC_HOT ssize_t ac_posix_preadv(struct ac_file *f, const struct iovec *iov, int iovcnt,
                         uint64_t offset)
 {
     return posix_rw(f, iov, iovcnt, offset, 0);
 }
 
-ssize_t ac_posix_pwritev(struct ac_file *f, const struct iovec *iov, int iovcnt,
+AC_HOT ssize_t ac_posix_pwritev(struct ac_file *f, const struct iovec *iov, int iovcnt,
                          uint64_t offset)
 {
     return posix_rw(f, iov, iovcnt, offset, 1);

@@ -4,6 +4,8 @@
  */
 #include "config.h"
 
+#include "hot.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <stdbool.h>
@@ -83,7 +85,7 @@ int ac_select_backend(const struct addcow_options *o, const struct ac_backend_op
 
 /* Repeats preadv or pwritev until len bytes are done, end of file (reads),
  * or an error.  Returns the bytes done or a negative errno. */
-static int64_t transfer_full(struct ac_file *f, const struct iovec *iov, int iovcnt,
+AC_HOT static int64_t transfer_full(struct ac_file *f, const struct iovec *iov, int iovcnt,
                              uint64_t offset, uint64_t len, bool write)
 {
     struct iovec small[SMALL_IOV], *piece = small;
@@ -126,13 +128,13 @@ static int64_t transfer_full(struct ac_file *f, const struct iovec *iov, int iov
     return ret < 0 ? ret : (int64_t)done;
 }
 
-int64_t ac_file_read_full(struct ac_file *f, const struct iovec *iov, int iovcnt,
+AC_HOT int64_t ac_file_read_full(struct ac_file *f, const struct iovec *iov, int iovcnt,
                           uint64_t offset, uint64_t len)
 {
     return transfer_full(f, iov, iovcnt, offset, len, false);
 }
 
-int ac_file_write_full(struct ac_file *f, const struct iovec *iov, int iovcnt,
+AC_HOT int ac_file_write_full(struct ac_file *f, const struct iovec *iov, int iovcnt,
                        uint64_t offset, uint64_t len)
 {
     int64_t r = transfer_full(f, iov, iovcnt, offset, len, true);

@@ -5,6 +5,8 @@
  */
 #include "config.h"
 
+#include "hot.h"
+
 #include <endian.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -264,7 +266,7 @@ int ac_bm_install_chunk(struct ac_bitmap *bm, uint64_t c, const unsigned char *s
     return 0;
 }
 
-uint64_t ac_bm_first_unknown(const struct ac_bitmap *bm, uint64_t start, uint64_t end)
+AC_HOT uint64_t ac_bm_first_unknown(const struct ac_bitmap *bm, uint64_t start, uint64_t end)
 {
     if (bm->unknown == 0 || start >= end)
         return end;
@@ -602,7 +604,7 @@ uint64_t ac_bm_find_next_clear(const struct ac_bitmap *bm, uint64_t start, uint6
     return find_next(bm, start, end, false);
 }
 
-bool ac_bm_all_set(const struct ac_bitmap *bm, uint64_t start, uint64_t count)
+AC_HOT bool ac_bm_all_set(const struct ac_bitmap *bm, uint64_t start, uint64_t count)
 {
     if (count == 0)
         return true;
@@ -619,6 +621,35 @@ bool ac_bm_all_set(const struct ac_bitmap *bm, uint64_t start, uint64_t count)
         }
     });
     return true;
+}
+
+AC_HOT int ac_bm_uniform(const struct ac_bitmap *bm, uint64_t start, uint64_t end)
+{
+    uint64_t c = start / CB;
+    if (end <= start || (end - 1) / CB != c)
+        return -1;
+    const struct ac_chunk *k = &bm->chunks[c];
+    if (k->state == AC_CHUNK_FULL)
+        return 1;
+    if (k->state == AC_CHUNK_ZERO)
+        return 0;
+    if (k->state != AC_CHUNK_MIXED)
+        return -1;
+    uint64_t lo = start - c * CB, hi = end - c * CB;
+    const uint64_t *w = k->words;
+    uint64_t i = lo / 64, last = (hi - 1) / 64;
+    uint64_t m = word_mask((unsigned)(lo % 64), i == last ? (unsigned)(hi - last * 64) : 64u);
+    uint64_t v = w[i] & m;
+    if (v != 0 && v != m)
+        return -1;
+    int set = v != 0;
+    while (++i <= last) {
+        m = i == last ? word_mask(0, (unsigned)(hi - last * 64)) : ~UINT64_C(0);
+        v = w[i] & m;
+        if (v != (set ? m : 0))
+            return -1;
+    }
+    return set;
 }
 
 uint64_t ac_bm_count_range(const struct ac_bitmap *bm, uint64_t start, uint64_t end)

@@ -100,6 +100,9 @@ void ac_bm_store_bytes(const struct ac_bitmap *bm, uint64_t byte_off,
                        unsigned char *dst, size_t len);
 
 bool ac_bm_test(const struct ac_bitmap *bm, uint64_t n);
+/* 1 if bits [start, end) are all set, 0 if all clear, -1 if mixed, empty,
+ * or not inside one known chunk (the caller then takes the general path). */
+int ac_bm_uniform(const struct ac_bitmap *bm, uint64_t start, uint64_t end);
 
 /* Gives memory to the chunks that a set or clear of [start, start + count)
  * would change in part, so that the change itself cannot fail.  -ENOMEM

@@ -3,6 +3,8 @@
  */
 #include "config.h"
 
+#include "hot.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -17,7 +19,7 @@ static __thread char errmsg[AC_ERRMSG_MAX];
  * glibc keeps for libraries loaded with dlopen. */
 static __thread const char *current_call __attribute__((tls_model("initial-exec")));
 
-void ac_enter(const char *call)
+AC_HOT void ac_enter(const char *call)
 {
     current_call = call;
 }

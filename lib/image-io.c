@@ -7,6 +7,8 @@
  */
 #include "config.h"
 
+#include "hot.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -22,6 +24,8 @@
 #define ZERO_IOVS 16                     /* 1 MiB of zeros per write */
 #define FLUSH_BATCH_BLOCKS 2048u         /* 1 MiB of bitmap bytes per batch */
 #define FLUSH_MAX_RUNS 64
+#define FLUSH_MERGE_GAP 16u              /* clean blocks (8 KiB) a write may span */
+#define CHUNK_BLOCKS (AC_BM_CHUNK_BYTES / AC_BM_DIRTY_BLOCK)
 
 static const unsigned char zero_buf[ZERO_CHUNK] __attribute__((aligned(4096)));
 
@@ -45,7 +49,7 @@ struct read_batch {
 
 /* Completes one read of a run: an error names the file; a run that ends
  * past its file's end reads zeros there. */
-static int finish_read(struct addcow_image *img, const struct ac_req *q)
+AC_HOT static int finish_read(struct addcow_image *img, const struct ac_req *q)
 {
     if (q->result < 0) {
         bool image = q->file == img->imgf;
@@ -74,7 +78,7 @@ static int read_batch_run(struct addcow_image *img, struct read_batch *b)
     return 0;
 }
 
-int ac_image_readv(struct addcow_image *img, const struct iovec *iov, int iovcnt,
+AC_HOT int ac_image_readv(struct addcow_image *img, const struct iovec *iov, int iovcnt,
                    uint64_t offset, uint64_t len)
 {
     struct ac_req small_reqs[READ_BATCH_SMALL];
@@ -83,7 +87,23 @@ int ac_image_readv(struct addcow_image *img, const struct iovec *iov, int iovcnt
     void *heap = NULL;
     int r = 0;
 
-    /* The common case: the whole request lies in one run of one file. */
+    /* The common case: every sector of the request is allocated, or every
+     * one reads from a raw backing file that covers it all: one read. */
+    uint64_t s0 = offset >> AC_SECTOR_SHIFT;
+    uint64_t s1 = (offset + len + AC_SECTOR_SIZE - 1) >> AC_SECTOR_SHIFT;
+    pthread_mutex_lock(&img->bm_lock);
+    int u = ac_bm_uniform(&img->bm, s0, s1);
+    pthread_mutex_unlock(&img->bm_lock);
+    if (u == 1 || (u == 0 && img->backing.kind == AC_BK_RAW &&
+                   offset + len <= img->backing.size)) {
+        struct ac_req q = { .file = u == 1 ? img->imgf : img->backing.raw,
+                            .op = AC_REQ_READ, .iov = iov, .iovcnt = iovcnt,
+                            .offset = offset, .len = len };
+        q.result = ac_file_read_full(q.file, iov, iovcnt, offset, len);
+        return finish_read(img, &q);
+    }
+
+    /* One run of one file, found by the general walk. */
     uint64_t run0;
     int st0 = ac_image_status(img, offset, len, &run0);
     if (st0 < 0)
@@ -165,7 +185,7 @@ int ac_image_readv(struct addcow_image *img, const struct iovec *iov, int iovcnt
 
 /* 1 if sectors [s0, s1) are all allocated, 0 if not, or a negative errno
  * (their bitmap chunks are read first if need be). */
-static int range_allocated(struct addcow_image *img, uint64_t s0, uint64_t s1)
+AC_HOT static int range_allocated(struct addcow_image *img, uint64_t s0, uint64_t s1)
 {
     for (;;) {
         pthread_mutex_lock(&img->bm_lock);
@@ -197,7 +217,7 @@ static void mark_allocated(struct addcow_image *img, uint64_t s0, uint64_t s1)
     pthread_mutex_unlock(&img->bm_lock);
 }
 
-static int write_image_file(struct addcow_image *img, const struct iovec *iov, int iovcnt,
+AC_HOT static int write_image_file(struct addcow_image *img, const struct iovec *iov, int iovcnt,
                             uint64_t offset, uint64_t len)
 {
     int r = ac_file_write_full(img->imgf, iov, iovcnt, offset, len);
@@ -264,7 +284,7 @@ static int write_allocating(struct addcow_image *img, const struct iovec *iov, i
     return r;
 }
 
-int ac_image_writev(struct addcow_image *img, const struct iovec *iov, int iovcnt,
+AC_HOT int ac_image_writev(struct addcow_image *img, const struct iovec *iov, int iovcnt,
                     uint64_t offset, uint64_t len)
 {
     uint64_t s0 = offset >> AC_SECTOR_SHIFT;
@@ -384,15 +404,28 @@ static int take_dirty(struct addcow_image *img, uint64_t *from, struct dirty_run
 
     *buf = NULL;
     pthread_mutex_lock(&img->bm_lock);
+    uint64_t b, nb;
     while (nruns < FLUSH_MAX_RUNS && total < FLUSH_BATCH_BLOCKS &&
-           ac_bm_next_dirty(&img->bm, *from, FLUSH_BATCH_BLOCKS - total,
-                            &runs[nruns].block, &runs[nruns].nblocks)) {
-        *from = runs[nruns].block + runs[nruns].nblocks;
-        total += runs[nruns].nblocks;
+           ac_bm_next_dirty(&img->bm, *from, FLUSH_BATCH_BLOCKS - total, &b, &nb)) {
+        *from = b + nb;
+        struct dirty_run *prev = nruns > 0 ? &runs[nruns - 1] : NULL;
+        uint64_t prev_end = prev != NULL ? prev->block + prev->nblocks : 0;
+        /* Dirty blocks a few clean blocks apart, in one chunk (so in memory),
+         * go out as one write: the clean ones between are rewritten with the
+         * bytes they already hold on disk.  One system call instead of many. */
+        if (prev != NULL && b - prev_end <= FLUSH_MERGE_GAP &&
+            prev->block / CHUNK_BLOCKS == (b + nb - 1) / CHUNK_BLOCKS &&
+            total + (b - prev_end) + nb <= FLUSH_BATCH_BLOCKS) {
+            total += b - prev_end + nb;
+            prev->nblocks = b + nb - prev->block;
+            continue;
+        }
+        runs[nruns].block = b;
+        runs[nruns].nblocks = nb;
+        total += nb;
         nruns++;
     }
-    uint64_t f, nb;
-    *more = ac_bm_next_dirty(&img->bm, *from, 1, &f, &nb);
+    *more = ac_bm_next_dirty(&img->bm, *from, 1, &b, &nb);
     if (nruns > 0 && (*buf = malloc(total * AC_BM_DIRTY_BLOCK)) == NULL) {
         pthread_mutex_unlock(&img->bm_lock);
         return ac_error(ENOMEM, "add-cow file '%s': flushing the bitmap", img->path);
