@@ -37,7 +37,7 @@ extern "C" {
 /* ---- version ---------------------------------------------------------- */
 
 #define ADDCOW_VERSION_MAJOR 1
-#define ADDCOW_VERSION_MINOR 0
+#define ADDCOW_VERSION_MINOR 1
 #define ADDCOW_VERSION_MICRO 0
 
 /* The version of the library actually loaded, as "MAJOR.MINOR.MICRO". */
@@ -142,6 +142,46 @@ ADDCOW_API int addcow_truncate(addcow_image *img, uint64_t size);
  * byte has the same flags.  length 0 or offset at or past the end: -EINVAL. */
 ADDCOW_API int addcow_block_status(addcow_image *img, uint64_t offset,
                                    uint64_t length, uint64_t *run_length);
+
+/* ---- long operations (ABI 1.1) -------------------------------------- */
+
+/* Called now and then by a long operation with the bytes done so far and
+ * the total (both in bytes of the virtual disk).  A non-zero return stops
+ * the operation cleanly: it returns -ECANCELED, and what it finished so far
+ * is kept, durable and consistent.  Called on the caller's thread. */
+typedef int (*addcow_progress_fn)(uint64_t done, uint64_t total, void *opaque);
+
+/* Hydrate (stream): copies the backing file's data into the image file for
+ * every unallocated sector of [offset, offset + length) that the backing
+ * file covers, and sets those sectors' bits (sectors past the backing
+ * file's end read as zeros and are left unallocated), so that this range no
+ * longer needs the backing file.  length 0 means "to the end of the disk".
+ * Crash-safe and resumable: the work is flushed as it goes, and a second
+ * call skips what is allocated already.  Other threads may read and write
+ * the same handle meanwhile.  progress may be NULL.  On a read-only handle:
+ * -EBADF. */
+ADDCOW_API int addcow_hydrate(addcow_image *img, uint64_t offset,
+                              uint64_t length, addcow_progress_fn progress,
+                              void *opaque);
+
+/* Detach: once no sector reads from the backing file (every sector below
+ * the backing file's end is allocated), clears the header's backing_file
+ * field, durably and atomically; the image file is then the whole virtual
+ * disk, a plain raw file.  -EBUSY (and nothing changes) while some sector
+ * still reads backing data; 0 and no change without a backing file.  Must
+ * not run alongside other calls on the same handle. */
+ADDCOW_API int addcow_detach(addcow_image *img);
+
+/* Commit: writes every allocated sector into the backing file (a raw file,
+ * or the top image of an add-cow chain), makes it durable, then clears
+ * those sectors' bits, so that the backing file alone holds the virtual
+ * disk.  Interrupted at any point (crash, error, cancel), the virtual disk
+ * still reads the same.  The backing file is reopened read-write for the
+ * duration (-EBUSY if another handle holds it).  Without a backing file:
+ * -EINVAL.  Must not run alongside other calls on the same handle.
+ * progress may be NULL. */
+ADDCOW_API int addcow_commit(addcow_image *img, addcow_progress_fn progress,
+                             void *opaque);
 
 /* ---- format codec ----------------------------------------------------- */
 

@@ -213,6 +213,7 @@ static int open_chain(const char *path, struct ac_file *already, unsigned flags,
     }
     img->writable = (flags & ADDCOW_OPEN_RDWR) != 0;
     img->cache = o->cache;
+    img->opts = *o;
     img->acf = already;
     img->path = strdup(path);
     if (img->path == NULL) {
@@ -365,6 +366,74 @@ int ac_image_close(struct addcow_image *img)
     pthread_mutex_destroy(&img->flush_lock);
     ac_rl_destroy(&img->rl);
     image_free(img);
+    return r;
+}
+
+/* ---- reopening the backing file (commit) -------------------------------- */
+
+int ac_image_open_backing(struct addcow_image *img, bool rdwr, bool lock,
+                          struct ac_backing *out)
+{
+    struct addcow_options o = img->opts;
+    uint64_t id[2], img_id[2];
+    int r;
+
+    memset(out, 0, sizeof(*out));
+    o.locking = lock && img->opts.locking;
+    o.custom_backend = img->ops;            /* the backend this handle has */
+    if (img->backing.kind == AC_BK_ADDCOW) {
+        /* The chain below is checked again, from this image down. */
+        if ((r = img->acf->ops->identity(img->acf, id)) < 0)
+            return ac_error(r, "add-cow file '%s': cannot identify", img->path);
+        if ((r = img->imgf->ops->identity(img->imgf, img_id)) < 0)
+            return ac_error(r, "image file '%s': cannot identify", img->image_path);
+        const struct ac_chain self = { { id[0], id[1] }, AC_ROLE_ADDCOW, img->path, NULL };
+        const struct ac_chain with_image = { { img_id[0], img_id[1] }, AC_ROLE_IMAGE,
+                                             img->image_path, &self };
+        o.cache = img->opts.cache == AC_CACHE_NONE ? AC_CACHE_NONE : AC_CACHE_WRITEBACK;
+        r = open_chain(img->backing_path, NULL, rdwr ? ADDCOW_OPEN_RDWR : ADDCOW_OPEN_RDONLY,
+                       &o, AC_BFMT_AUTO, &with_image, &out->img);
+        if (r < 0)
+            return r;
+        out->kind = AC_BK_ADDCOW;
+        out->size = out->img->size;
+        return 0;
+    }
+    if (img->backing.kind != AC_BK_RAW)
+        return ac_error(EINVAL, "'%s' has no backing file", img->path);
+    struct ac_file *f;
+    r = img->ops->open(img->ops, img->backing_path,
+                       (rdwr ? AC_FILE_RDWR : AC_FILE_RDONLY) |
+                       (o.cache == AC_CACHE_NONE ? AC_FILE_DIRECT : 0), &f);
+    if (r < 0)
+        return ac_error(r, "backing file '%s' (from header of '%s'): opening it %s",
+                        img->backing_path, img->path, rdwr ? "read-write" : "read-only");
+    r = lock_file(&o, f, rdwr ? AC_LOCK_EXCLUSIVE : AC_LOCK_SHARED, "backing file",
+                  img->backing_path);
+    if (r == 0) {
+        int64_t sz = f->ops->size(f);
+        if (sz < 0)
+            r = ac_error((int)sz, "backing file '%s': cannot get size", img->backing_path);
+        else
+            out->size = (uint64_t)sz;
+    }
+    if (r < 0) {
+        ac_file_close(f);
+        return r;
+    }
+    out->kind = AC_BK_RAW;
+    out->raw = f;
+    return 0;
+}
+
+int ac_backing_close(struct ac_backing *b)
+{
+    int r = 0;
+    if (b->kind == AC_BK_ADDCOW && b->img != NULL)
+        r = ac_image_close(b->img);
+    else if (b->kind == AC_BK_RAW)
+        ac_file_close(b->raw);
+    memset(b, 0, sizeof(*b));
     return r;
 }
 

@@ -42,6 +42,7 @@ struct addcow_image {
     uint64_t size;                  /* virtual size, a multiple of 512 */
     bool writable;
     enum ac_cache_mode cache;
+    struct addcow_options opts;     /* as opened with, to reopen the backing file */
 
     pthread_mutex_t bm_lock;        /* guards bm; never held across I/O */
     struct ac_bitmap bm;
@@ -56,6 +57,17 @@ int ac_image_create(const char *path, uint64_t size, const char *backing_file,
 int ac_image_open(const char *path, unsigned flags, const struct addcow_options *o,
                   struct addcow_image **out);
 int ac_image_close(struct addcow_image *img);
+
+/* Opens img's backing file again into *out, in the format it has now (raw
+ * or add-cow), with img's options and backend: read-write with exclusive
+ * locks (rdwr), or read-only with shared ones; lock = false takes no
+ * locks at all.  img is not changed.  0, or a negative errno with the
+ * thread's message set. */
+int ac_image_open_backing(struct addcow_image *img, bool rdwr, bool lock,
+                          struct ac_backing *out);
+/* Closes a backing file opened by open or ac_image_open_backing (flushing
+ * a writable add-cow one; its error is returned) and marks *b empty. */
+int ac_backing_close(struct ac_backing *b);
 
 /* Data: offset + len <= size, len > 0. */
 int ac_image_readv(struct addcow_image *img, const struct iovec *iov, int iovcnt,

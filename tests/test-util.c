@@ -475,12 +475,12 @@ static void test_version(void **state)
     char buf[64];
     const char *v = addcow_version();
     assert_non_null(v);
-    assert_string_equal(v, "1.0.0");
+    assert_string_equal(v, "1.1.0");
     snprintf(buf, sizeof(buf), "%d.%d.%d", ADDCOW_VERSION_MAJOR, ADDCOW_VERSION_MINOR,
              ADDCOW_VERSION_MICRO);
     assert_string_equal(v, buf);
     assert_int_equal(ADDCOW_VERSION_MAJOR, 1);
-    assert_int_equal(ADDCOW_VERSION_MINOR, 0);
+    assert_int_equal(ADDCOW_VERSION_MINOR, 1);
     assert_int_equal(ADDCOW_VERSION_MICRO, 0);
 }
 
