@@ -15,7 +15,10 @@ SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
 PREFIX=${PREFIX:-/usr/local}
 
-deps="autoconf automake libtool pkg-config make gcc g++ libcmocka-dev liburing-dev"
+# python3: the tool tests parse addcow's JSON output with it; qemu-utils:
+# qemu-img for the interop tests and the benchmark's peer cases (both are
+# skipped where absent).
+deps="autoconf automake libtool pkg-config make gcc g++ libcmocka-dev liburing-dev python3 qemu-utils"
 missing=
 for p in $deps; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
