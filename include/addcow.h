@@ -6,7 +6,7 @@
  * An add-cow image is three files: the add-cow file (a header and a bitmap,
  * one bit per 512-byte sector), a raw image file holding the written sectors
  * at their own offsets, and an optional read-only backing file that unwritten
- * sectors read from.  The on-disk format is described in docs/FORMAT.md.
+ * sectors read from.  The on-disk format is described in docs/format.md.
  *
  * Conventions: every call that can fail returns a negative errno value
  * (-EINVAL, -ENOENT, ...) and 0 or a non-negative count on success; calls

@@ -12,13 +12,16 @@
 
 #include "hot.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -254,6 +257,115 @@ int ac_posix_lock(struct ac_file *f, int mode)
     if (errno == ENOLCK || errno == EOPNOTSUPP || errno == EINVAL)
         return 0;
     return -errno;
+}
+
+/* One lock line of /proc/locks or of a /proc/PID/fdinfo/FD ("lock:\t" and
+ * then the same): "1: OFDLCK ADVISORY  WRITE -1 fe:00:1234 START END".  True
+ * if it is an OFD lock on the file (major:minor:inode) over `byte` that
+ * conflicts with a lock of `mode`; *pid gets its pid (-1 for OFD locks on
+ * Linux). */
+static bool lock_line_conflicts(const char *line, unsigned maj, unsigned min,
+                                unsigned long long ino, unsigned long long byte, int mode,
+                                int *pid)
+{
+    char kind[16], type[16], end[32];
+    unsigned lmaj, lmin;
+    unsigned long long lino, start;
+    const char *p = strchr(line, ':');      /* after the lock's number */
+    if (p == NULL ||
+        sscanf(p + 1, " %15s %*s %15s %d %x:%x:%llu %llu %31s", kind, type, pid, &lmaj, &lmin,
+               &lino, &start, end) != 8)
+        return false;
+    if (strcmp(kind, "OFDLCK") != 0 || lmaj != maj || lmin != min || lino != ino)
+        return false;
+    if (mode != AC_LOCK_EXCLUSIVE && strcmp(type, "WRITE") != 0)
+        return false;           /* readers share */
+    return start <= byte && (strcmp(end, "EOF") == 0 || strtoull(end, NULL, 10) >= byte);
+}
+
+static void add_pid(pid_t *pids, int max, int *n, pid_t pid)
+{
+    for (int i = 0; i < *n; i++)
+        if (pids[i] == pid)
+            return;
+    if (*n < max)
+        pids[(*n)++] = pid;
+}
+
+int ac_posix_lock_holders(struct ac_file *f, int mode, pid_t *pids, int max)
+{
+    struct posix_file *p = pf(f);
+    struct stat st;
+    struct flock fl;
+    int n = 0;
+    char line[256];
+
+    if (max <= 0 || fstat(p->fd, &st) < 0)
+        return 0;
+    memset(&fl, 0, sizeof(fl));
+    fl.l_type = mode == AC_LOCK_EXCLUSIVE ? F_WRLCK : F_RDLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = AC_POSIX_LOCK_BYTE;
+    fl.l_len = 1;
+    if (fcntl(p->fd, F_OFD_GETLK, &fl) < 0 || fl.l_type == F_UNLCK)
+        return 0;               /* no holder now */
+    if (fl.l_pid > 0)           /* an OS that says who */
+        add_pid(pids, max, &n, fl.l_pid);
+
+    unsigned maj = major(st.st_dev), min = minor(st.st_dev);
+    unsigned long long ino = (unsigned long long)st.st_ino;
+    unsigned long long byte = (unsigned long long)AC_POSIX_LOCK_BYTE;
+    int pid;
+    /* /proc/locks, for kernels that show the owner of an OFD lock. */
+    FILE *lf = n == 0 ? fopen("/proc/locks", "re") : NULL;
+    if (lf != NULL) {
+        while (fgets(line, sizeof(line), lf) != NULL)
+            if (lock_line_conflicts(line, maj, min, ino, byte, mode, &pid) && pid > 0)
+                add_pid(pids, max, &n, pid);
+        fclose(lf);
+    }
+    if (n > 0)
+        return n;
+    /* Linux shows OFD locks with pid -1 there: look for the open file
+     * descriptions that hold it, in /proc/PID/fdinfo/FD (the processes this
+     * one may look into), keeping to descriptors of the same file. */
+    DIR *proc = opendir("/proc");
+    if (proc == NULL)
+        return 0;
+    struct dirent *de;
+    while ((de = readdir(proc)) != NULL && n < max) {
+        char *e;
+        long lpid = strtol(de->d_name, &e, 10);
+        if (*e != '\0' || lpid <= 0)
+            continue;
+        char path[64 + sizeof(de->d_name)];
+        snprintf(path, sizeof(path), "/proc/%ld/fd", lpid);
+        DIR *fds = opendir(path);
+        if (fds == NULL)
+            continue;           /* gone, or not ours to see */
+        struct dirent *fe;
+        bool held = false;
+        while (!held && (fe = readdir(fds)) != NULL) {
+            struct stat fst;
+            if (fe->d_name[0] == '.' ||
+                fstatat(dirfd(fds), fe->d_name, &fst, 0) < 0 ||
+                fst.st_dev != st.st_dev || fst.st_ino != st.st_ino)
+                continue;
+            snprintf(path, sizeof(path), "/proc/%ld/fdinfo/%s", lpid, fe->d_name);
+            FILE *fi = fopen(path, "re");
+            if (fi == NULL)
+                continue;
+            while (!held && fgets(line, sizeof(line), fi) != NULL)
+                held = strncmp(line, "lock:", 5) == 0 &&
+                       lock_line_conflicts(line + 5, maj, min, ino, byte, mode, &pid);
+            fclose(fi);
+        }
+        closedir(fds);
+        if (held)
+            add_pid(pids, max, &n, (pid_t)lpid);
+    }
+    closedir(proc);
+    return n;
 }
 
 int ac_posix_identity(struct ac_file *f, uint64_t id[2])

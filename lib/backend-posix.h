@@ -60,6 +60,11 @@ int ac_posix_truncate(struct ac_file *f, uint64_t size);
 int64_t ac_posix_size(struct ac_file *f);
 int ac_posix_punch_hole(struct ac_file *f, uint64_t offset, uint64_t length);
 int ac_posix_lock(struct ac_file *f, int mode);
+/* After ac_posix_lock(f, mode) failed with -EBUSY: the processes that hold
+ * the conflicting lock, at most max of them into pids; returns how many
+ * were found, 0 if the OS does not tell (or the lock is gone).  Slow (it
+ * may look through /proc): for error messages only. */
+int ac_posix_lock_holders(struct ac_file *f, int mode, pid_t *pids, int max);
 int ac_posix_identity(struct ac_file *f, uint64_t id[2]);
 int ac_posix_rename_noreplace(const struct ac_backend_ops *ops, const char *from,
                               const char *to);

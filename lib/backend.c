@@ -81,6 +81,54 @@ int ac_select_backend(const struct addcow_options *o, const struct ac_backend_op
     return 0;
 }
 
+/* ---- operations, with EINTR repeated ------------------------------------ */
+
+int ac_file_open(const struct ac_backend_ops *ops, const char *path, unsigned flags,
+                 struct ac_file **out)
+{
+    int r;
+    do
+        r = ops->open(ops, path, flags, out);
+    while (r == -EINTR);
+    return r;
+}
+
+int ac_file_flush(struct ac_file *f)
+{
+    int r;
+    do
+        r = f->ops->flush(f);
+    while (r == -EINTR);
+    return r;
+}
+
+int ac_file_truncate(struct ac_file *f, uint64_t size)
+{
+    int r;
+    do
+        r = f->ops->truncate(f, size);
+    while (r == -EINTR);
+    return r;
+}
+
+int ac_file_punch_hole(struct ac_file *f, uint64_t offset, uint64_t length)
+{
+    int r;
+    do
+        r = f->ops->punch_hole(f, offset, length);
+    while (r == -EINTR);
+    return r;
+}
+
+int ac_file_lock(struct ac_file *f, int mode)
+{
+    int r;
+    do
+        r = f->ops->lock(f, mode);
+    while (r == -EINTR);
+    return r;
+}
+
 /* ---- transfers --------------------------------------------------------- */
 
 /* Repeats preadv or pwritev until len bytes are done, end of file (reads),
@@ -174,7 +222,7 @@ int ac_submit(struct ac_req *reqs, int n)
             } else if (q->op == AC_REQ_WRITE) {
                 q->result = ac_file_write_full(q->file, q->iov, q->iovcnt, q->offset, q->len);
             } else {
-                q->result = q->file->ops->flush(q->file);
+                q->result = ac_file_flush(q->file);
             }
             /* A chain ends at the first request without the link flag. */
             cancel = (q->flags & AC_REQ_LINK) && (cancel || q->result < 0);

@@ -123,6 +123,17 @@ int ac_select_backend(const struct addcow_options *o, const struct ac_backend_op
  * choice.  Call it before any thread opens images. */
 void ac_backend_set_auto_override(int kind);
 
+/* The other operations, for the library's own use: each repeats a call
+ * that a signal interrupted (-EINTR; fdatasync, ftruncate, fallocate, open
+ * and fcntl locks may be), as the transfers below do, so that a signal
+ * never fails a call of the API.  Otherwise as the ops. */
+int ac_file_open(const struct ac_backend_ops *ops, const char *path, unsigned flags,
+                 struct ac_file **out);
+int ac_file_flush(struct ac_file *f);
+int ac_file_truncate(struct ac_file *f, uint64_t size);
+int ac_file_punch_hole(struct ac_file *f, uint64_t offset, uint64_t length);
+int ac_file_lock(struct ac_file *f, int mode);
+
 /* Reads until len bytes or end of file; returns the bytes read (the rest of
  * the buffers is left untouched) or a negative errno. */
 int64_t ac_file_read_full(struct ac_file *f, const struct iovec *iov, int iovcnt,

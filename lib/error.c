@@ -14,10 +14,11 @@
 #define AC_ERRMSG_MAX 2048
 
 static __thread char errmsg[AC_ERRMSG_MAX];
-/* The public call running: written by every call, so initial-exec (one
- * store, no __tls_get_addr()); 8 bytes fit the static TLS surplus that
- * glibc keeps for libraries loaded with dlopen. */
-static __thread const char *current_call __attribute__((tls_model("initial-exec")));
+/* The public call running, written by every call.  Default (dynamic) TLS
+ * model: an initial-exec variable would make dlopen() of the library fail
+ * ("cannot allocate memory in static TLS block") in hosts that load it
+ * late, such as Python through ctypes (python/test_addcow.py). */
+static __thread const char *current_call;
 
 AC_HOT void ac_enter(const char *call)
 {

@@ -343,7 +343,7 @@ static int punch_sectors(struct addcow_image *img, uint64_t a, uint64_t b)
     if (r < 0)
         return r;
     ac_rl_lock(&img->rl, &lk, a, b);
-    r = img->imgf->ops->punch_hole(img->imgf, off, len);
+    r = ac_file_punch_hole(img->imgf, off, len);
     if (r == 0)
         mark_allocated(img, a, b);
     ac_rl_unlock(&img->rl, &lk);
@@ -537,7 +537,7 @@ static int write_size_field(struct addcow_image *img, uint64_t size)
     if (r < 0)
         return ac_error(r, "add-cow file '%s': writing the new size", img->path);
     img->size = size;
-    r = img->acf->ops->flush(img->acf);
+    r = ac_file_flush(img->acf);
     if (r < 0)
         return ac_error(r, "add-cow file '%s': flush after writing the new size", img->path);
     return 0;
@@ -546,7 +546,7 @@ static int write_size_field(struct addcow_image *img, uint64_t size)
 static int set_file_length(struct ac_file *f, uint64_t len, const char *what,
                            const char *name)
 {
-    int r = f->ops->truncate(f, len);
+    int r = ac_file_truncate(f, len);
     if (r < 0)
         return ac_error(r, "%s '%s': setting its length to %" PRIu64, what, name, len);
     return 0;
@@ -574,7 +574,7 @@ static int grow(struct addcow_image *img, uint64_t size)
         return r;
     if ((r = set_file_length(img->imgf, size, "image file", img->image_path)) < 0)
         return r;
-    r = img->imgf->ops->flush(img->imgf);
+    r = ac_file_flush(img->imgf);
     if (r < 0)
         return ac_error(r, "image file '%s': flush", img->image_path);
 
@@ -635,9 +635,9 @@ static int shrink(struct addcow_image *img, uint64_t size)
     int64_t ilen = img->imgf->ops->size(img->imgf);
     if (r == 0 && ilen > 0 && (uint64_t)ilen > size)
         r = set_file_length(img->imgf, size, "image file", img->image_path);
-    if (r == 0 && (r = img->acf->ops->flush(img->acf)) < 0)
+    if (r == 0 && (r = ac_file_flush(img->acf)) < 0)
         r = ac_error(r, "add-cow file '%s': flush", img->path);
-    if (r == 0 && (r = img->imgf->ops->flush(img->imgf)) < 0)
+    if (r == 0 && (r = ac_file_flush(img->imgf)) < 0)
         r = ac_error(r, "image file '%s': flush", img->image_path);
     return r;
 }

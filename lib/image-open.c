@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backend-posix.h"
 #include "codec.h"
 #include "error.h"
 #include "image.h"
@@ -85,16 +86,42 @@ static void image_free(struct addcow_image *img)
     free(img);
 }
 
+struct holder_text {
+    char s[128];
+};
+
+/* Who holds the lock that f could not take, as far as the OS tells:
+ * "locked by process 1234", "locked by another handle in this process",
+ * else "locked by another reader or writer" (or "writer"). */
+static struct holder_text lock_holder(struct ac_file *f, int mode)
+{
+    struct holder_text t;
+    pid_t pids[4];
+    int n = f->ops->lock == ac_posix_lock ? ac_posix_lock_holders(f, mode, pids, 4) : 0;
+    pid_t self = getpid();
+    if (n == 1 && pids[0] == self) {
+        snprintf(t.s, sizeof(t.s), "locked by another handle in this process");
+    } else if (n > 0) {
+        size_t k = (size_t)snprintf(t.s, sizeof(t.s), "locked by process%s", n > 1 ? "es" : "");
+        for (int i = 0; i < n && k < sizeof(t.s); i++)
+            k += (size_t)snprintf(t.s + k, sizeof(t.s) - k, "%s %ld%s", i ? "," : "",
+                                  (long)pids[i], pids[i] == self ? " (this process)" : "");
+    } else {
+        snprintf(t.s, sizeof(t.s), "it is locked by another %s",
+                 mode == AC_LOCK_EXCLUSIVE ? "reader or writer" : "writer");
+    }
+    return t;
+}
+
 static int lock_file(const struct addcow_options *o, struct ac_file *f, int mode,
                      const char *what, const char *name)
 {
     if (!o->locking || f->ops->lock == NULL)
         return 0;
-    int r = f->ops->lock(f, mode);
+    int r = ac_file_lock(f, mode);
     if (r == -EBUSY)
-        return ac_error(EBUSY, "%s '%s' is in use: it is locked by another %s "
-                        "(one writer or many readers; locking=off overrides)",
-                        what, name, mode == AC_LOCK_EXCLUSIVE ? "reader or writer" : "writer");
+        return ac_error(EBUSY, "%s '%s' is in use: %s (one writer or many readers; "
+                        "locking=off overrides)", what, name, lock_holder(f, mode).s);
     if (r < 0)
         return ac_error(r, "%s '%s': cannot lock", what, name);
     return 0;
@@ -133,8 +160,8 @@ static int open_backing(struct addcow_image *img, const struct addcow_options *o
     img->backing_path = ac_path_resolve(img->path, img->backing_stored);
     if (img->backing_path == NULL)
         return ac_error(ENOMEM, "resolving backing file '%s'", img->backing_stored);
-    r = img->ops->open(img->ops, img->backing_path,
-                       AC_FILE_RDONLY | (o->cache == AC_CACHE_NONE ? AC_FILE_DIRECT : 0), &f);
+    r = ac_file_open(img->ops, img->backing_path,
+                     AC_FILE_RDONLY | (o->cache == AC_CACHE_NONE ? AC_FILE_DIRECT : 0), &f);
     if (r < 0)
         return ac_error(r, "backing file '%s' (from header of '%s')",
                         img->backing_path, img->path);
@@ -221,8 +248,8 @@ static int open_chain(const char *path, struct ac_file *already, unsigned flags,
         goto fail;
     }
     if (img->acf == NULL) {
-        r = img->ops->open(img->ops, path, img->writable ? AC_FILE_RDWR : AC_FILE_RDONLY,
-                           &img->acf);
+        r = ac_file_open(img->ops, path, img->writable ? AC_FILE_RDWR : AC_FILE_RDONLY,
+                         &img->acf);
         if (r < 0) {
             r = ac_error(r, "add-cow file '%s'", path);
             goto fail;
@@ -299,9 +326,9 @@ static int open_chain(const char *path, struct ac_file *already, unsigned flags,
         r = ac_error(ENOMEM, "add-cow file '%s'", path);
         goto fail;
     }
-    r = img->ops->open(img->ops, img->image_path,
-                       (img->writable ? AC_FILE_RDWR : AC_FILE_RDONLY) |
-                       (o->cache == AC_CACHE_NONE ? AC_FILE_DIRECT : 0), &img->imgf);
+    r = ac_file_open(img->ops, img->image_path,
+                     (img->writable ? AC_FILE_RDWR : AC_FILE_RDONLY) |
+                     (o->cache == AC_CACHE_NONE ? AC_FILE_DIRECT : 0), &img->imgf);
     if (r < 0) {
         r = ac_error(r, "image file '%s' (from header of '%s')", img->image_path, path);
         goto fail;
@@ -402,9 +429,9 @@ int ac_image_open_backing(struct addcow_image *img, bool rdwr, bool lock,
     if (img->backing.kind != AC_BK_RAW)
         return ac_error(EINVAL, "'%s' has no backing file", img->path);
     struct ac_file *f;
-    r = img->ops->open(img->ops, img->backing_path,
-                       (rdwr ? AC_FILE_RDWR : AC_FILE_RDONLY) |
-                       (o.cache == AC_CACHE_NONE ? AC_FILE_DIRECT : 0), &f);
+    r = ac_file_open(img->ops, img->backing_path,
+                     (rdwr ? AC_FILE_RDWR : AC_FILE_RDONLY) |
+                     (o.cache == AC_CACHE_NONE ? AC_FILE_DIRECT : 0), &f);
     if (r < 0)
         return ac_error(r, "backing file '%s' (from header of '%s'): opening it %s",
                         img->backing_path, img->path, rdwr ? "read-write" : "read-only");
@@ -449,7 +476,7 @@ static int backing_size_for_create(const char *backing_path, const struct addcow
     int r = ac_select_backend(o, &ops);
     if (r < 0)
         return r;
-    r = ops->open(ops, backing_path, AC_FILE_RDONLY, &f);
+    r = ac_file_open(ops, backing_path, AC_FILE_RDONLY, &f);
     if (r < 0)
         return ac_error(r, "backing file '%s'", backing_path);
     if (size == NULL) {         /* a size was given: it only has to exist */
@@ -515,7 +542,7 @@ int ac_image_create(const char *path, uint64_t size, const char *backing_file,
 
     /* Refuse early if the add-cow file exists; the final rename refuses
      * atomically too. */
-    if (ops->open(ops, path, AC_FILE_RDONLY, &f) == 0) {
+    if (ac_file_open(ops, path, AC_FILE_RDONLY, &f) == 0) {
         ac_file_close(f);
         return ac_error(EEXIST, "add-cow file '%s'", path);
     }
@@ -538,11 +565,11 @@ int ac_image_create(const char *path, uint64_t size, const char *backing_file,
     }
 
     /* The image file: kept if it exists, extended (sparse) if shorter. */
-    r = ops->open(ops, image_path, AC_FILE_RDWR | AC_FILE_CREATE | AC_FILE_EXCL, &imgf);
+    r = ac_file_open(ops, image_path, AC_FILE_RDWR | AC_FILE_CREATE | AC_FILE_EXCL, &imgf);
     if (r == 0) {
         created_image = true;
     } else if (r == -EEXIST) {
-        r = ops->open(ops, image_path, AC_FILE_RDWR, &imgf);
+        r = ac_file_open(ops, image_path, AC_FILE_RDWR, &imgf);
     }
     if (r < 0) {
         r = ac_error(r, "image file '%s'", image_path);
@@ -550,7 +577,7 @@ int ac_image_create(const char *path, uint64_t size, const char *backing_file,
     }
     if (backing_path != NULL) {
         struct ac_file *bf;
-        if (ops->open(ops, backing_path, AC_FILE_RDONLY, &bf) == 0) {
+        if (ac_file_open(ops, backing_path, AC_FILE_RDONLY, &bf) == 0) {
             bool same = same_file(imgf, bf);
             ac_file_close(bf);
             if (same) {
@@ -566,9 +593,9 @@ int ac_image_create(const char *path, uint64_t size, const char *backing_file,
         goto out;
     }
     if ((uint64_t)isz < size) {
-        r = imgf->ops->truncate(imgf, size);
+        r = ac_file_truncate(imgf, size);
         if (r == 0)
-            r = imgf->ops->flush(imgf);
+            r = ac_file_flush(imgf);
         if (r < 0) {
             r = ac_error(r, "image file '%s': extending to %" PRIu64 " bytes", image_path, size);
             goto out;
@@ -584,7 +611,7 @@ int ac_image_create(const char *path, uint64_t size, const char *backing_file,
         r = ac_error(ENOMEM, "creating '%s'", path);
         goto out;
     }
-    r = ops->open(ops, tmp, AC_FILE_RDWR | AC_FILE_CREATE | AC_FILE_EXCL, &tf);
+    r = ac_file_open(ops, tmp, AC_FILE_RDWR | AC_FILE_CREATE | AC_FILE_EXCL, &tf);
     if (r < 0) {
         free(tmp);
         tmp = NULL;
@@ -595,9 +622,9 @@ int ac_image_create(const char *path, uint64_t size, const char *backing_file,
     ac_header_encode(hdr, backing_file, image_file, size);
     r = ac_file_pwrite(tf, hdr, sizeof(hdr), 0);
     if (r == 0)
-        r = tf->ops->truncate(tf, ac_file_length_for_size(size));
+        r = ac_file_truncate(tf, ac_file_length_for_size(size));
     if (r == 0)
-        r = tf->ops->flush(tf);
+        r = ac_file_flush(tf);
     if (r < 0) {
         r = ac_error(r, "add-cow file '%s': writing", path);
         goto out;
@@ -605,7 +632,7 @@ int ac_image_create(const char *path, uint64_t size, const char *backing_file,
     ac_file_close(tf);
     tf = NULL;
     r = ops->rename_noreplace(ops, tmp, path);
-    if (r == -EEXIST && ops->open(ops, path, AC_FILE_RDONLY, &f) == 0) {
+    if (r == -EEXIST && ac_file_open(ops, path, AC_FILE_RDONLY, &f) == 0) {
         /* Taken since the first check: by the image file we just made? */
         bool same = same_file(f, imgf);
         ac_file_close(f);

@@ -210,7 +210,7 @@ static int zero_header_bytes(struct addcow_image *img, uint64_t off, size_t len)
     if (r < 0)
         return ac_error(r, "add-cow file '%s': clearing %zu bytes of the backing file "
                         "field at %" PRIu64, img->path, len, off);
-    r = img->acf->ops->flush(img->acf);
+    r = ac_file_flush(img->acf);
     if (r < 0)
         return ac_error(r, "add-cow file '%s': flush after clearing the backing file field",
                         img->path);
@@ -336,7 +336,7 @@ static int commit_settle(struct addcow_image *img, uint64_t upto)
             return r;
         img->backing.size = img->backing.img->size;
     } else {
-        r = img->backing.raw->ops->flush(img->backing.raw);
+        r = ac_file_flush(img->backing.raw);
         if (r < 0)
             return ac_error(r, "backing file '%s': flush", img->backing_path);
         int64_t sz = img->backing.raw->ops->size(img->backing.raw);

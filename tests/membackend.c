@@ -1139,3 +1139,356 @@ int memfs_apply(struct memfs *fs, const struct memfs_rec *r)
     pthread_mutex_unlock(&fs->mu);
     return ret;
 }
+
+/* ---- power-loss states ------------------------------------------------------ */
+
+#define LOSS_SECTOR 512u
+
+/* The bytes a record changes: [*lo, *hi) (empty for other kinds).  A
+ * truncate changes what it cuts off (zeroed, so that a later growth reads
+ * zeros) or what it adds. */
+static void loss_span(const struct memfs_rec *r, uint64_t *lo, uint64_t *hi)
+{
+    *lo = *hi = 0;
+    if (r->kind == MEMFS_REC_WRITE) {
+        *lo = r->offset;
+        *hi = r->offset + r->length;
+    } else if (r->kind == MEMFS_REC_PUNCH) {
+        *lo = r->offset;
+        *hi = r->offset + r->length < r->old_length ? r->offset + r->length : r->old_length;
+        if (*hi < *lo)
+            *hi = *lo;
+    } else if (r->kind == MEMFS_REC_TRUNCATE) {
+        *lo = r->offset < r->old_length ? r->offset : r->old_length;
+        *hi = r->offset < r->old_length ? r->old_length : r->offset;
+    }
+}
+
+/* The file's length after the record, from `cur` before it. */
+static uint64_t loss_len_after(const struct memfs_rec *r, uint64_t cur)
+{
+    if (r->kind == MEMFS_REC_WRITE && r->offset + r->length > cur)
+        return r->offset + r->length;
+    if (r->kind == MEMFS_REC_TRUNCATE)
+        return r->offset;
+    return cur;
+}
+
+static bool loss_kind(const struct memfs_rec *r)
+{
+    return r->kind == MEMFS_REC_WRITE || r->kind == MEMFS_REC_TRUNCATE ||
+           r->kind == MEMFS_REC_PUNCH;
+}
+
+static uint64_t loss_rand(uint64_t *rng)
+{
+    /* xorshift64* (as tu_rand), kept here so that membackend needs
+     * nothing from testutil; a zero state would stay zero. */
+    uint64_t x = *rng ? *rng : UINT64_C(0x9E3779B97F4A7C15);
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *rng = x;
+    return x * UINT64_C(0x2545F4914F6CDD1D);
+}
+
+int memfs_loss_file(const unsigned char *durable, size_t dlen,
+                    const struct memfs_rec *const *pend, size_t n, enum memfs_loss mode,
+                    uint64_t *rng, unsigned char **out, size_t *out_len,
+                    struct memfs_loss_stats *st)
+{
+    /* The length changes, and the largest length on the way. */
+    uint64_t cur = dlen, maxlen = dlen;
+    size_t nlen = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!loss_kind(pend[i]))
+            continue;
+        uint64_t next = loss_len_after(pend[i], cur);
+        if (next != cur)
+            nlen++;
+        cur = next;
+        if (cur > maxlen)
+            maxlen = cur;
+    }
+    if (maxlen > SIZE_MAX - LOSS_SECTOR)
+        return -ENOMEM;
+    size_t len_keep = mode == MEMFS_LOSS_ALL ? nlen
+                    : mode == MEMFS_LOSS_TORN ? (size_t)(loss_rand(rng) % (nlen + 1)) : 0;
+    /* Torn: each write or punch lands with probability land/4, whole or
+     * (tear: 3 times in 4) sector by sector with probability 1/2 each. */
+    unsigned land = 1 + (unsigned)(loss_rand(rng) % 4);
+    bool tear = loss_rand(rng) % 4 != 0;
+
+    size_t nsect = (size_t)((maxlen + LOSS_SECTOR - 1) / LOSS_SECTOR);
+    unsigned char *buf = malloc(nsect ? nsect * LOSS_SECTOR : 1);
+    size_t *cut = calloc(nsect ? nsect : 1, sizeof(*cut));   /* records [0, cut[s]) */
+    if (buf == NULL || cut == NULL) {
+        free(buf);
+        free(cut);
+        return -ENOMEM;
+    }
+    if (dlen)
+        memcpy(buf, durable, dlen);
+    memset(buf + dlen, 0, nsect * LOSS_SECTOR - dlen);
+
+    /* Which records land where. */
+    size_t ord = 0;
+    uint64_t final_len = dlen;
+    cur = dlen;
+    for (size_t i = 0; i < n; i++) {
+        const struct memfs_rec *r = pend[i];
+        if (!loss_kind(r))
+            continue;
+        uint64_t next = loss_len_after(r, cur), lo, hi;
+        bool in_len = false;
+        if (next != cur) {
+            in_len = ord < len_keep;
+            ord++;
+            if (in_len)
+                final_len = next;
+        }
+        cur = next;
+        loss_span(r, &lo, &hi);
+        if (lo >= hi)
+            continue;
+        bool lands;
+        if (r->kind == MEMFS_REC_TRUNCATE)
+            lands = in_len;
+        else if (mode == MEMFS_LOSS_TORN)
+            lands = loss_rand(rng) % 4 < land;
+        else
+            lands = mode == MEMFS_LOSS_ALL;
+        if (!lands)
+            continue;
+        size_t total = 0, kept = 0;
+        for (uint64_t s = lo / LOSS_SECTOR; s * LOSS_SECTOR < hi; s++) {
+            total++;
+            if (mode == MEMFS_LOSS_TORN && tear && r->kind != MEMFS_REC_TRUNCATE &&
+                loss_rand(rng) % 2 == 0)
+                continue;
+            cut[s] = i + 1;
+            kept++;
+        }
+        if (st != NULL && kept > 0) {
+            st->landed++;
+            if (kept < total)
+                st->torn++;
+        }
+    }
+    if (st != NULL)
+        for (size_t i = 0; i < n; i++)
+            st->pending += loss_kind(pend[i]);
+
+    /* Each sector: the changes of its prefix, in order. */
+    for (size_t i = 0; i < n; i++) {
+        const struct memfs_rec *r = pend[i];
+        uint64_t lo, hi;
+        if (!loss_kind(r))
+            continue;
+        loss_span(r, &lo, &hi);
+        for (uint64_t o = lo; o < hi;) {
+            uint64_t s = o / LOSS_SECTOR;
+            uint64_t end = (s + 1) * LOSS_SECTOR < hi ? (s + 1) * LOSS_SECTOR : hi;
+            if (i < cut[s]) {
+                if (r->kind == MEMFS_REC_WRITE)
+                    memcpy(buf + o, r->data + (o - r->offset), (size_t)(end - o));
+                else
+                    memset(buf + o, 0, (size_t)(end - o));
+            }
+            o = end;
+        }
+    }
+    free(cut);
+    *out = buf;
+    *out_len = (size_t)final_len;
+    return 0;
+}
+
+struct crash_pending {
+    uint64_t file;
+    size_t *idx;
+    size_t n, cap;
+};
+
+struct memfs_crashgen {
+    struct memfs *replay;
+    const struct memfs_rec **recs;
+    size_t nrecs, pos;
+    struct crash_pending *files;
+    size_t nfiles, cap_files;
+};
+
+static struct crash_pending *crash_pending_of(struct memfs_crashgen *g, uint64_t file,
+                                              bool add)
+{
+    for (size_t i = 0; i < g->nfiles; i++)
+        if (g->files[i].file == file)
+            return &g->files[i];
+    if (!add)
+        return NULL;
+    if (g->nfiles == g->cap_files) {
+        size_t cap = g->cap_files ? g->cap_files * 2 : 8;
+        struct crash_pending *f = realloc(g->files, cap * sizeof(*f));
+        if (f == NULL)
+            return NULL;
+        g->files = f;
+        g->cap_files = cap;
+    }
+    struct crash_pending *p = &g->files[g->nfiles++];
+    memset(p, 0, sizeof(*p));
+    p->file = file;
+    return p;
+}
+
+struct memfs_crashgen *memfs_crashgen_new(struct memfs *start,
+                                          const struct memfs_rec *const *recs, size_t n)
+{
+    struct memfs_crashgen *g = calloc(1, sizeof(*g));
+    if (g == NULL)
+        return NULL;
+    g->replay = memfs_clone(start);
+    g->recs = malloc((n ? n : 1) * sizeof(*g->recs));
+    if (g->replay == NULL || g->recs == NULL) {
+        memfs_crashgen_free(g);
+        return NULL;
+    }
+    if (n)
+        memcpy(g->recs, recs, n * sizeof(*g->recs));
+    g->nrecs = n;
+    return g;
+}
+
+void memfs_crashgen_free(struct memfs_crashgen *g)
+{
+    if (g == NULL)
+        return;
+    for (size_t i = 0; i < g->nfiles; i++)
+        free(g->files[i].idx);
+    free(g->files);
+    free(g->recs);
+    memfs_free(g->replay);
+    free(g);
+}
+
+int memfs_crashgen_seek(struct memfs_crashgen *g, size_t k)
+{
+    if (k > g->nrecs || k < g->pos)
+        return -EINVAL;
+    while (g->pos < k) {
+        const struct memfs_rec *r = g->recs[g->pos];
+        int e = memfs_apply(g->replay, r);
+        if (e < 0)
+            return e;
+        if (r->kind == MEMFS_REC_FLUSH || r->kind == MEMFS_REC_CREATE ||
+            r->kind == MEMFS_REC_UNLINK) {
+            struct crash_pending *p = crash_pending_of(g, r->file, false);
+            if (p != NULL)
+                p->n = 0;
+        } else if (loss_kind(r)) {
+            struct crash_pending *p = crash_pending_of(g, r->file, true);
+            if (p == NULL)
+                return -ENOMEM;
+            if (p->n == p->cap) {
+                size_t cap = p->cap ? p->cap * 2 : 32;
+                size_t *v = realloc(p->idx, cap * sizeof(*v));
+                if (v == NULL)
+                    return -ENOMEM;
+                p->idx = v;
+                p->cap = cap;
+            }
+            p->idx[p->n++] = g->pos;
+        }
+        g->pos++;
+    }
+    return 0;
+}
+
+size_t memfs_crashgen_pos(const struct memfs_crashgen *g)
+{
+    return g->pos;
+}
+
+size_t memfs_crashgen_pending(struct memfs_crashgen *g, const char *path)
+{
+    uint64_t id = memfs_file_id(g->replay, path);
+    struct crash_pending *p = id ? crash_pending_of(g, id, false) : NULL;
+    return p != NULL ? p->n : 0;
+}
+
+/* memfs_put() of a malloc'd buffer that dst takes over (one copy fewer:
+ * the states of big files are made many times); buf is freed on error. */
+static int put_owned(struct memfs *dst, const char *path, unsigned char *buf, size_t len)
+{
+    int r = memfs_put(dst, path, NULL, 0);
+    if (r < 0) {
+        free(buf);
+        return r;
+    }
+    pthread_mutex_lock(&dst->mu);
+    struct mem_entry *e = find_entry(dst, path);
+    free(e->ino->data);
+    e->ino->data = buf;
+    e->ino->len = e->ino->cap = len;
+    r = inode_make_durable(e->ino);
+    pthread_mutex_unlock(&dst->mu);
+    return r;
+}
+
+/* true if dst's file at path holds exactly buf[0..len), durable too: a
+ * state of an unchanged file need not be copied again. */
+static bool same_file_bytes(struct memfs *dst, const char *path, const unsigned char *buf,
+                            size_t len)
+{
+    pthread_mutex_lock(&dst->mu);
+    struct mem_entry *e = find_entry(dst, path);
+    bool same = e != NULL && !e->ino->is_dir && e->ino->len == len && e->ino->dlen == len &&
+                (len == 0 || (memcmp(e->ino->data, buf, len) == 0 &&
+                              memcmp(e->ino->ddata, buf, len) == 0));
+    pthread_mutex_unlock(&dst->mu);
+    return same;
+}
+
+int memfs_crashgen_fill(struct memfs_crashgen *g, struct memfs *dst, enum memfs_loss mode,
+                        uint64_t *rng, struct memfs_loss_stats *st)
+{
+    struct memfs *fs = g->replay;
+    const struct memfs_rec **pend = NULL;
+    size_t cap = 0;
+    int r = 0;
+
+    pthread_mutex_lock(&fs->mu);
+    for (size_t i = 0; i < fs->nents && r == 0; i++) {
+        const struct mem_entry *e = &fs->ents[i];
+        if (e->ino->is_dir) {
+            if (memfs_exists(dst, e->name) != 2)
+                r = memfs_mkdir(dst, e->name);
+            continue;
+        }
+        struct crash_pending *p = crash_pending_of(g, e->ino->id, false);
+        size_t n = p != NULL ? p->n : 0;
+        if (n == 0) {
+            if (!same_file_bytes(dst, e->name, e->ino->ddata, e->ino->dlen))
+                r = memfs_put(dst, e->name, e->ino->ddata, e->ino->dlen);
+            continue;
+        }
+        if (n > cap) {
+            const struct memfs_rec **v = realloc(pend, n * sizeof(*v));
+            if (v == NULL) {
+                r = -ENOMEM;
+                break;
+            }
+            pend = v;
+            cap = n;
+        }
+        for (size_t j = 0; j < n; j++)
+            pend[j] = g->recs[p->idx[j]];
+        unsigned char *buf;
+        size_t len;
+        r = memfs_loss_file(e->ino->ddata, e->ino->dlen, pend, n, mode, rng, &buf, &len, st);
+        if (r == 0)
+            r = put_owned(dst, e->name, buf, len);
+    }
+    pthread_mutex_unlock(&fs->mu);
+    free(pend);
+    return r;
+}

@@ -21,7 +21,8 @@
  *    A crash may leave a file anywhere between the two (any subset of the
  *    writes since its last flush); memfs_clone() and memfs_apply() replay a
  *    recorded log prefix by prefix, and memfs_rec_apply_buf() applies one
- *    record to a plain buffer, for building such crash states.
+ *    record to a plain buffer, for building such crash states;
+ *    memfs_crashgen builds them (power-loss states, torn at sectors).
  *
  * Paths are plain strings: no directory structure is checked ("a/b" may
  * exist without "a"); a name marked with memfs_mkdir() is a directory, which
@@ -183,5 +184,64 @@ int memfs_apply(struct memfs *fs, const struct memfs_rec *r);
 /* Applies a write, truncate or punch record to a plain malloc'd buffer
  * (realloc'd as needed); other kinds change nothing.  0 or -ENOMEM. */
 int memfs_rec_apply_buf(const struct memfs_rec *r, unsigned char **buf, size_t *len);
+
+/* ---- power-loss states ------------------------------------------------- */
+
+/* What a power loss keeps of the changes (write, truncate, punch) made to a
+ * file since its last flush.  The disk stores whole 512-byte sectors, each
+ * taken from a page cache that already holds every earlier change to it, in
+ * any order: so each sector of the file shows the state after some prefix of
+ * the changes that touched it.  The file's length (metadata) is the length
+ * after some prefix, in order, of the changes that set it (truncates, writes
+ * past the end); a truncate is all-or-nothing, with that prefix. */
+enum memfs_loss {
+    MEMFS_LOSS_NONE = 0,    /* none: the file as of its last flush */
+    MEMFS_LOSS_ALL,         /* all: the file as written */
+    MEMFS_LOSS_TORN,        /* a random subset of the writes and punches
+                             * lands, each whole or torn (a random subset of
+                             * its sectors); a random prefix of the length
+                             * changes */
+};
+
+/* What one power-loss state kept, summed over the files. */
+struct memfs_loss_stats {
+    size_t pending;         /* changes since the files' last flushes */
+    size_t landed;          /* changes of which at least one sector landed */
+    size_t torn;            /* changes of which some sectors, not all, landed */
+};
+
+/* One file after a power loss: its durable bytes (dlen of them) with the
+ * records pend[0..n) (its writes, truncates and punches since that flush,
+ * in order; other kinds are skipped) kept as mode says, random choices
+ * drawn from *rng (an xorshift64* state, as tu_rand's).  *out gets a
+ * malloc'd buffer, *out_len its length; st (may be NULL) is added to.
+ * 0 or -ENOMEM. */
+int memfs_loss_file(const unsigned char *durable, size_t dlen,
+                    const struct memfs_rec *const *pend, size_t n, enum memfs_loss mode,
+                    uint64_t *rng, unsigned char **out, size_t *out_len,
+                    struct memfs_loss_stats *st);
+
+/* A crash-state generator: replays a recorded log (recs[0..n), which may be
+ * an edited copy of memfs_rec_at()'s records; the records must outlive the
+ * generator) on a clone of `start` (the files before the first record),
+ * keeping for each file the records since its last flush. */
+struct memfs_crashgen;
+struct memfs_crashgen *memfs_crashgen_new(struct memfs *start,
+                                          const struct memfs_rec *const *recs, size_t n);
+void memfs_crashgen_free(struct memfs_crashgen *g);
+/* Moves to the point after the first k records (k never goes back).
+ * 0, -EINVAL (k past the log or behind the current point), or the -errno
+ * of a record that does not replay. */
+int memfs_crashgen_seek(struct memfs_crashgen *g, size_t k);
+/* The current point (records replayed). */
+size_t memfs_crashgen_pos(const struct memfs_crashgen *g);
+/* Records of the file at path since its last flush, at the current point
+ * (0 for no such file). */
+size_t memfs_crashgen_pending(struct memfs_crashgen *g, const char *path);
+/* Writes into dst (memfs_put: creating or replacing each name, durable)
+ * every file of the current point as a power loss there could leave it
+ * (memfs_loss_file for each).  Directories are made too.  0 or -errno. */
+int memfs_crashgen_fill(struct memfs_crashgen *g, struct memfs *dst, enum memfs_loss mode,
+                        uint64_t *rng, struct memfs_loss_stats *st);
 
 #endif

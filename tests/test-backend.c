@@ -476,7 +476,8 @@ static size_t gen_steps(uint64_t *rng, struct step *out, size_t max)
     uint64_t size = DISK;
     out[n++] = (struct step){ S_CREATE, DISK, 0, 0, 0 };
     out[n++] = (struct step){ S_OPEN, 0, 0, 0, 0 };
-    while (n < max - 1) {
+    /* A close adds two steps (close, open), and the final close one more. */
+    while (n + 3 <= max) {
         struct step s = { S_WRITE, 0, 0, 0, (uint32_t)tu_rand(rng) };
         unsigned pick = (unsigned)tu_rand_below(rng, 100);
         if (pick < 45) {

@@ -6,7 +6,7 @@
  * Built only on the public API (<addcow.h>), linked with the shared
  * library.  `check` and the "as stored" paths of `info` also read the
  * add-cow header directly: its layout is the public on-disk format
- * (docs/FORMAT.md), not a library internal.  See addcow(1).
+ * (docs/contract/FORMAT.md), not a library internal.  See addcow(1).
  */
 #include "config.h"
 
@@ -25,7 +25,7 @@
 
 #include <addcow.h>
 
-/* The on-disk format (docs/FORMAT.md). */
+/* The on-disk format (docs/contract/FORMAT.md). */
 #define HDR_MAGIC        UINT64_C(0x4144445F434F57FF)
 #define HDR_VERSION      1u
 #define HDR_OFF_VERSION  8
@@ -184,7 +184,7 @@ static void human_size(char *buf, size_t len, uint64_t n)
     snprintf(buf + l, len - l, " %s", units[u]);
 }
 
-/* ---- paths (docs/FORMAT.md, "Paths") ----------------------------------- */
+/* ---- paths (docs/contract/FORMAT.md, "Paths") ----------------------------------- */
 
 static bool has_protocol(const char *path)
 {
