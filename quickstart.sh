@@ -17,8 +17,8 @@ PREFIX=${PREFIX:-/usr/local}
 
 # python3: the tool tests parse addcow's JSON output with it; qemu-utils:
 # qemu-img for the interop tests and the benchmark's peer cases (both are
-# skipped where absent).
-deps="autoconf automake libtool pkg-config make gcc g++ libcmocka-dev liburing-dev python3 qemu-utils"
+# skipped where absent); mandoc: the man pages are linted with it.
+deps="autoconf automake libtool pkg-config make gcc g++ libcmocka-dev liburing-dev python3 qemu-utils mandoc"
 missing=
 for p in $deps; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
