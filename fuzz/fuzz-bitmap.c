@@ -43,9 +43,12 @@ struct model {
     uint8_t known[MAX_BITS / CB + 2];
     uint8_t must[MAX_BITS / BLOCK_BITS + 2];
     uint8_t may[MAX_BITS / BLOCK_BITS + 2];
+    uint8_t unsynced[MAX_BITS / BLOCK_BITS + 2];   /* written, not yet durable */
 };
 
 static struct model m;
+/* Blocks in which the operation running changed a bit. */
+static uint8_t changed_now[MAX_BITS / BLOCK_BITS + 2];
 static uint8_t scratch[MAX_BITS / 8 + 4096];
 static uint8_t src_buf[AC_BM_CHUNK_BYTES + 4096];
 
@@ -193,6 +196,9 @@ NOCOV static void check_struct(const struct ac_bitmap *bm)
         if (k->state != AC_CHUNK_UNKNOWN)
             sum += k->count;
     }
+    for (uint64_t b = 0; b < nblocks_of(m.nbits); b++)
+        FUZZ_CHECK(((bm->unsynced[b / 64] >> (b % 64)) & 1) == m.unsynced[b],
+                   "unsynced mark of block %llu", (unsigned long long)b);
     FUZZ_CHECK(bm->count == sum, "count %llu, chunks sum to %llu", (unsigned long long)bm->count,
                (unsigned long long)sum);
     FUZZ_CHECK(bm->count == model_set, "count %llu, model %llu",
@@ -360,18 +366,31 @@ NOCOV static void op_change(struct ac_bitmap *bm, uint64_t start, uint64_t end, 
         uint64_t changed = set ? (e - i) - n : n;
         if (changed) {
             m.must[i / BLOCK_BITS] = m.may[i / BLOCK_BITS] = 1;
+            changed_now[i / BLOCK_BITS] = 1;
             want += changed;
             memset(m.bit + i, set, e - i);
         }
         i = e;
     }
     model_set = set ? model_set + want : model_set - want;
-    if (want > 0) {
-        uint64_t b0, b1;
-        blocks_of(start, end, &b0, &b1);
-        for (uint64_t b = b0; b < b1; b++)
-            m.may[b] = 1;
+    /* May be dirty: the range's blocks in the chunks where something
+     * changed (not the whole range: a wide clear that changes one chunk
+     * must not make a flush rewrite the whole bitmap). */
+    for (uint64_t c = start / CB; c * CB < end; c++) {
+        uint64_t lo = start > c * CB ? start : c * CB;
+        uint64_t hi = end < (c + 1) * CB ? end : (c + 1) * CB;
+        bool any = false;
+        for (uint64_t b = lo / BLOCK_BITS; b * BLOCK_BITS < hi && !any; b++)
+            any = changed_now[b];
+        if (any) {
+            uint64_t b0, b1;
+            blocks_of(lo, hi, &b0, &b1);
+            for (uint64_t b = b0; b < b1; b++)
+                m.may[b] = 1;
+        }
     }
+    for (uint64_t b = start / BLOCK_BITS; b * BLOCK_BITS < end; b++)
+        changed_now[b] = 0;
     uint64_t got = set ? ac_bm_set_range(bm, start, end - start)
                        : ac_bm_clear_range(bm, start, end - start);
     FUZZ_CHECK(got == want, "%s_range(%llu, %llu) changed %llu, model %llu",
@@ -440,6 +459,7 @@ NOCOV static void op_resize(struct ac_bitmap *bm, uint64_t nbits)
         memset(m.bit + old, 0, nbits - old);
     }
     memset(m.must + nb_new, 0, sizeof(m.must) - nb_new);
+    memset(m.unsynced + nb_new, 0, sizeof(m.unsynced) - nb_new);
     memset(m.may + nb_new, 0, sizeof(m.may) - nb_new);
     m.nbits = nbits;
     check_bits(bm, old < nbits ? (old > 64 ? old - 64 : 0) : (nbits > 64 ? nbits - 64 : 0),
@@ -566,6 +586,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(m.known, 0, sizeof(m.known));
     memset(m.must, 0, sizeof(m.must));
     memset(m.may, 0, sizeof(m.may));
+    memset(m.unsynced, 0, sizeof(m.unsynced));
     m.nbits = nbits;
     model_set = 0;
     bool unknown = sel & 0x80;
@@ -693,6 +714,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 14: {  /* mark dirty blocks (clamped to the end; not in unknown chunks) */
             uint64_t nb = nblocks_of(m.nbits);
             uint64_t first = fuzz_u16(&in) % (nb + 2), cnt = fuzz_u16(&in) % (nb + 3);
+            if (op & 0x80) {    /* blocks written out, not yet durable */
+                ac_bm_note_written(&bm, first, cnt);
+                for (uint64_t x = first; x < first + cnt && x < nb; x++)
+                    m.unsynced[x] = 1;
+                break;
+            }
             ac_bm_mark_dirty_blocks(&bm, first, cnt);
             for (uint64_t x = first; x < first + cnt && x < nb; x++)
                 if (block_known(x))
@@ -701,6 +728,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         case 15: {  /* clear dirty blocks inside the map */
             uint64_t nb = nblocks_of(m.nbits);
+            if (op & 0x80) {    /* the sync after writing: done, or failed */
+                bool durable = op & 0x40;
+                ac_bm_unsynced_done(&bm, durable);
+                for (uint64_t x = 0; x < nb; x++) {
+                    if (m.unsynced[x] && !durable && block_known(x))
+                        m.must[x] = m.may[x] = 1;
+                    m.unsynced[x] = 0;
+                }
+                break;
+            }
             uint64_t first = fuzz_u16(&in) % (nb + 1);
             uint64_t cnt = fuzz_u16(&in) % (nb - first + 1);
             ac_bm_clear_dirty_blocks(&bm, first, cnt);

@@ -158,6 +158,8 @@ struct vfs {
     bool fault_sticky;
     int fault_err;
     uint64_t hits;
+    /* the end of the furthest write to the top add-cow file since reset */
+    uint64_t top_write_end;
 };
 
 static struct vfs *vfs_of(const struct ac_backend_ops *ops)
@@ -534,6 +536,8 @@ static ssize_t v_pwritev(struct ac_file *f, const struct iovec *iov, int iovcnt,
         total += iov[i].iov_len;
     if (offset > MAX_FILE || total > MAX_FILE - offset)
         return -EFBIG;
+    if (strcmp(h->node->name, TOP_PATH) == 0 && offset + total > h->fs->top_write_end)
+        h->fs->top_write_end = offset + total;
     uint64_t done = 0;
     for (int i = 0; i < iovcnt; i++) {
         r = node_write(h->fs, h->node, offset + done, iov[i].iov_base, iov[i].iov_len);
@@ -1310,6 +1314,18 @@ static void expect(struct run *R, int64_t r, int64_t want, const char *call)
                    r < 0 ? addcow_last_error() : "", (long long)want);
 }
 
+/* A flush (or the one in close) writes the header's size field and the
+ * bitmap bytes of the image's size, nothing past them: not the bitmap of
+ * a size it failed to grow to (which could be gigabytes). */
+static void check_flush_writes(struct run *R, uint64_t size, const char *what)
+{
+    uint64_t lim = AC_HEADER_SIZE + ac_bitmap_bytes(size / 512);
+    FUZZ_CHECK(R->fs.top_write_end <= lim, "%s wrote the add-cow file up to byte %llu; the "
+               "bitmap of a %llu-byte disk ends at %llu", what,
+               (unsigned long long)R->fs.top_write_end, (unsigned long long)size,
+               (unsigned long long)lim);
+}
+
 /* Drops the model once the vfs has failed something on purpose. */
 static void sync_faults(struct run *R)
 {
@@ -1486,6 +1502,9 @@ static void op_truncate(struct run *R)
     }
     int r = addcow_truncate(R->img, size);
     sync_faults(R);
+    if (trace)
+        fprintf(stderr, "    truncate(%llu): %d %s\n", (unsigned long long)size, r,
+                r < 0 ? addcow_last_error() : "");
     int want = !R->writable ? -EBADF : size % 512 ? -EINVAL
              : size > AC_MAX_VIRTUAL_SIZE ? -EFBIG : size > MAX_FILE ? -EFBIG : 0;
     expect(R, r, want, "addcow_truncate");
@@ -1767,9 +1786,14 @@ static void op_second(struct run *R, uint8_t how)
  * open in between, and the reopen must work, faults or not. */
 static void op_reopen(struct run *R, uint8_t how)
 {
+    uint64_t size = (uint64_t)addcow_get_size(R->img);
+    R->fs.top_write_end = 0;
     int r = addcow_close(R->img);
     R->img = NULL;
     sync_faults(R);
+    check_flush_writes(R, size, "close");
+    if (trace)
+        fprintf(stderr, "    close: %d %s\n", r, r < 0 ? addcow_last_error() : "");
     expect(R, r, 0, "addcow_close");
     if (r < 0)
         R->m.valid = false;     /* what reached the files is not known */
@@ -1930,9 +1954,12 @@ static void run_script(struct run *R)
         case 1: op_write(R, op); break;
         case 2: op_write_zeroes(R, op); break;
         case 3: {
+            uint64_t size = (uint64_t)addcow_get_size(R->img);
+            R->fs.top_write_end = 0;
             int r = addcow_flush(R->img);
             sync_faults(R);
             expect(R, r, 0, "addcow_flush");
+            check_flush_writes(R, size, "flush");
             break;
         }
         case 4: op_truncate(R); break;
@@ -2063,8 +2090,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK((uint64_t)addcow_get_size(R.img) == R.m.size, "size %lld, reference %llu",
                    (long long)addcow_get_size(R.img), (unsigned long long)R.m.size);
         run_script(&R);
+        uint64_t size_now = (uint64_t)addcow_get_size(R.img);
+        R.fs.top_write_end = 0;
         r = addcow_close(R.img);
         sync_faults(&R);
+        check_flush_writes(&R, size_now, "close");
         if (r < 0)
             check_err(r, "addcow_close");
         else if (R.m.valid)

@@ -119,6 +119,18 @@ def gen_bitmap():
     ops += bytes([8, 1]) + struct.pack('<I', 77)
     ops += bytes([17]) + bm_pos(0, 0) + bm_pos(2, 0)
     write('bitmap', 'big-walk', struct.pack('<BI', 3, CB * 4 + 1000) + ops)
+    # blocks written, then a failed sync (dirty again, only them), a good one
+    ops = bytes([0]) + bm_pos(0, 100) + bm_pos(0, 9000)
+    # (an operation byte is taken % 18; bits 0x80 and 0x40 pick variants:
+    # 140 = note_written, 141 = failed sync, 195 = good sync)
+    ops += bytes([140]) + struct.pack('<HH', 0, 3)
+    ops += bytes([15]) + struct.pack('<HH', 0, 3)
+    ops += bytes([16]) + struct.pack('<H', 9)
+    ops += bytes([141])
+    ops += bytes([16]) + struct.pack('<H', 9)
+    ops += bytes([140]) + struct.pack('<HH', 1, 1) + bytes([195])
+    ops += bytes([8, 1]) + struct.pack('<I', 299) + bytes([16]) + struct.pack('<H', 9)
+    write('bitmap', 'unsynced', struct.pack('<BI', 0, 20000) + ops)
     write('bitmap', 'empty', b'')
     write('bitmap', 'zero-bits', struct.pack('<BI', 0, 0) + bytes([8, 0, 5, 0, 0, 0, 16, 1, 0]))
 

@@ -166,7 +166,8 @@ static int init_common(struct ac_bitmap *bm, uint64_t nbits, enum ac_chunk_state
         return -ENOMEM;
     bm->chunks = calloc(nchunks ? nchunks : 1, sizeof(struct ac_chunk));
     bm->dirty = calloc(div_round_up(nblocks, 64) + 1, sizeof(uint64_t));
-    if (bm->chunks == NULL || bm->dirty == NULL) {
+    bm->unsynced = calloc(div_round_up(nblocks, 64) + 1, sizeof(uint64_t));
+    if (bm->chunks == NULL || bm->dirty == NULL || bm->unsynced == NULL) {
         ac_bm_free(bm);
         return -ENOMEM;
     }
@@ -198,6 +199,7 @@ void ac_bm_free(struct ac_bitmap *bm)
         free(bm->chunks[c].words);
     free(bm->chunks);
     free(bm->dirty);
+    free(bm->unsynced);
     memset(bm, 0, sizeof(*bm));
 }
 
@@ -334,6 +336,24 @@ bool ac_bm_any_dirty(const struct ac_bitmap *bm)
     return ac_bits_next_set(bm->dirty, 0, bm->ndirty_blocks) < bm->ndirty_blocks;
 }
 
+void ac_bm_note_written(struct ac_bitmap *bm, uint64_t first, uint64_t nblocks)
+{
+    if (first < bm->ndirty_blocks)
+        ac_bits_set(bm->unsynced, first, min_u64(nblocks, bm->ndirty_blocks - first));
+}
+
+void ac_bm_unsynced_done(struct ac_bitmap *bm, bool durable)
+{
+    for (uint64_t b = ac_bits_next_set(bm->unsynced, 0, bm->ndirty_blocks);
+         b < bm->ndirty_blocks;) {
+        uint64_t e = ac_bits_next_clear(bm->unsynced, b, bm->ndirty_blocks);
+        if (!durable)
+            mark_blocks(bm, b, e - b);
+        ac_bits_clear(bm->unsynced, b, e - b);
+        b = ac_bits_next_set(bm->unsynced, e, bm->ndirty_blocks);
+    }
+}
+
 /* ---- resize -------------------------------------------------------------- */
 
 int ac_bm_resize(struct ac_bitmap *bm, uint64_t nbits)
@@ -373,6 +393,13 @@ int ac_bm_resize(struct ac_bitmap *bm, uint64_t nbits)
         }
         memset(dirty + old_dwords, 0, (new_dwords - old_dwords) * sizeof(uint64_t));
         bm->dirty = dirty;
+        uint64_t *uns = realloc(bm->unsynced, new_dwords * sizeof(uint64_t));
+        if (uns == NULL) {
+            free(tail_words);
+            return -ENOMEM;     /* (dirty is only larger: no change) */
+        }
+        memset(uns + old_dwords, 0, (new_dwords - old_dwords) * sizeof(uint64_t));
+        bm->unsynced = uns;
     }
 
     if (grow_full_tail) {
@@ -409,6 +436,7 @@ int ac_bm_resize(struct ac_bitmap *bm, uint64_t nbits)
     /* Dirty marks past the new end go. */
     if (nblocks < bm->ndirty_blocks) {
         ac_bits_clear(bm->dirty, nblocks, bm->ndirty_blocks - nblocks);
+        ac_bits_clear(bm->unsynced, nblocks, bm->ndirty_blocks - nblocks);
     }
     bm->ndirty_blocks = nblocks;
     /* Growing: only the old tail byte's block changes on disk (its bits
@@ -553,14 +581,20 @@ static uint64_t change_range(struct ac_bitmap *bm, uint64_t start, uint64_t coun
     uint64_t changed = 0;
     if (count == 0)
         return 0;
-    FOR_EACH_CHUNK(start, start + count, c, lo, hi, changed += change_chunk(bm, c, lo, hi, set));
-    if (changed) {
-        if (set)
-            bm->count += changed;
-        else
-            bm->count -= changed;
-        mark_bits_dirty(bm, start, count);
-    }
+    /* Only the chunks that changed are marked dirty: a wide range with few
+     * changes (commit clears every bit below its last run) must not make
+     * flush rewrite the whole bitmap. */
+    FOR_EACH_CHUNK(start, start + count, c, lo, hi, {
+        uint64_t n = change_chunk(bm, c, lo, hi, set);
+        if (n) {
+            changed += n;
+            mark_bits_dirty(bm, c * CB + lo, hi - lo);
+        }
+    });
+    if (set)
+        bm->count += changed;
+    else
+        bm->count -= changed;
     return changed;
 }
 

@@ -48,6 +48,7 @@ struct ac_bitmap {
     uint64_t count;             /* set bits in the known chunks */
     uint64_t unknown;           /* chunks still UNKNOWN */
     uint64_t *dirty;            /* one bit per AC_BM_DIRTY_BLOCK bitmap bytes */
+    uint64_t *unsynced;         /* blocks written out, not yet known durable */
     uint64_t ndirty_blocks;
 };
 
@@ -130,6 +131,12 @@ bool ac_bm_next_dirty(const struct ac_bitmap *bm, uint64_t from,
 void ac_bm_mark_dirty_blocks(struct ac_bitmap *bm, uint64_t first, uint64_t nblocks);
 void ac_bm_clear_dirty_blocks(struct ac_bitmap *bm, uint64_t first, uint64_t nblocks);
 bool ac_bm_any_dirty(const struct ac_bitmap *bm);
+/* Blocks taken for writing (their dirty marks cleared) are remembered
+ * until the file is known durable: ac_bm_unsynced_done(bm, true) forgets
+ * them; (bm, false), after a failed sync, marks them dirty again (and only
+ * them: not the whole bitmap, which may be gigabytes). */
+void ac_bm_note_written(struct ac_bitmap *bm, uint64_t first, uint64_t nblocks);
+void ac_bm_unsynced_done(struct ac_bitmap *bm, bool durable);
 
 /* Word-range helpers on a plain uint64_t array, shared with the dirty map. */
 void ac_bits_set(uint64_t *w, uint64_t start, uint64_t count);

@@ -435,6 +435,7 @@ static int take_dirty(struct addcow_image *img, uint64_t *from, struct dirty_run
         size_t n = (size_t)(runs[i].nblocks * AC_BM_DIRTY_BLOCK);
         ac_bm_store_bytes(&img->bm, runs[i].block * AC_BM_DIRTY_BLOCK, p, n);
         ac_bm_clear_dirty_blocks(&img->bm, runs[i].block, runs[i].nblocks);
+        ac_bm_note_written(&img->bm, runs[i].block, runs[i].nblocks);
         p += n;
     }
     pthread_mutex_unlock(&img->bm_lock);
@@ -492,8 +493,9 @@ static int flush_locked(struct addcow_image *img)
             struct ac_req *q = &reqs[i];
             pthread_mutex_lock(&img->bm_lock);
             if (q->op == AC_REQ_FLUSH && q->file == img->acf) {
-                /* What reached the disk is unknown: write every block again. */
-                ac_bm_mark_dirty_blocks(&img->bm, 0, img->bm.ndirty_blocks);
+                /* What reached the disk is unknown: write again every block
+                 * written since the add-cow file was last durable. */
+                ac_bm_unsynced_done(&img->bm, false);
             } else {
                 for (int k = 0; k < nruns; k++)
                     ac_bm_mark_dirty_blocks(&img->bm, runs[k].block, runs[k].nblocks);
@@ -507,6 +509,11 @@ static int flush_locked(struct addcow_image *img)
                             PRIu64, img->path, q->len, q->offset);
         }
         if (last) {
+            if (img->acf_unsynced) {    /* its flush ended this batch */
+                pthread_mutex_lock(&img->bm_lock);
+                ac_bm_unsynced_done(&img->bm, true);
+                pthread_mutex_unlock(&img->bm_lock);
+            }
             img->acf_unsynced = false;
             return 0;
         }
@@ -552,6 +559,19 @@ static int set_file_length(struct ac_file *f, uint64_t len, const char *what,
     return 0;
 }
 
+/* A grow that failed before its size was written: the bitmap goes back
+ * to the old size (its bit count matches the size again), so that a later
+ * flush writes no bytes of a disk this image never had.  Shrinking cannot
+ * fail.  Returns r. */
+static int grow_undo(struct addcow_image *img, uint64_t old, int r)
+{
+    pthread_mutex_lock(&img->bm_lock);
+    if (img->size == old && img->bm.nbits != old >> AC_SECTOR_SHIFT)
+        ac_bm_resize(&img->bm, old >> AC_SECTOR_SHIFT);
+    pthread_mutex_unlock(&img->bm_lock);
+    return r;
+}
+
 /* Growing: the image file loses anything past the old end (a shrink that
  * was cut short may have left data there) and is extended with zeros; the
  * new sectors that the backing file covers are marked allocated, so they
@@ -590,7 +610,8 @@ static int grow(struct addcow_image *img, uint64_t size)
     }
     pthread_mutex_unlock(&img->bm_lock);
     if (r < 0)
-        return ac_error(r, "add-cow file '%s': growing the bitmap", img->path);
+        return grow_undo(img, old, ac_error(r, "add-cow file '%s': growing the bitmap",
+                                            img->path));
 
     /* The new bitmap bytes are zeros from the file system: cut off what
      * an interrupted shrink may have left past the old bitmap, then extend
@@ -598,7 +619,8 @@ static int grow(struct addcow_image *img, uint64_t size)
     uint64_t old_len = ac_file_length_for_size(old);
     int64_t alen = img->acf->ops->size(img->acf);
     if (alen < 0)
-        return ac_error((int)alen, "add-cow file '%s': cannot get size", img->path);
+        return grow_undo(img, old, ac_error((int)alen, "add-cow file '%s': cannot get size",
+                                            img->path));
     if ((uint64_t)alen > old_len)
         r = set_file_length(img->acf, old_len, "add-cow file", img->path);
     if (r == 0)
@@ -607,7 +629,7 @@ static int grow(struct addcow_image *img, uint64_t size)
         r = flush_locked(img);
     if (r == 0)
         r = write_size_field(img, size);
-    return r;
+    return r < 0 ? grow_undo(img, old, r) : r;
 }
 
 /* Shrinking: the size first (the bits past it are then ignored), then the
