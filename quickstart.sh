@@ -15,10 +15,13 @@ SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
 PREFIX=${PREFIX:-/usr/local}
 
-# python3: the tool tests parse addcow's JSON output with it; qemu-utils:
-# qemu-img for the interop tests and the benchmark's peer cases (both are
-# skipped where absent); mandoc: the man pages are linted with it.
-deps="autoconf automake libtool pkg-config make gcc g++ libcmocka-dev liburing-dev python3 qemu-utils mandoc"
+# python3: the Python binding and the tool tests (they parse addcow's JSON
+# output); qemu-utils: qemu-img and qemu-io for the interop tests and the
+# benchmark's peer cases; nbdkit, nbdkit-plugin-dev: the nbdkit plugin;
+# libnbd-bin, python3-libnbd: nbdinfo and libnbd, clients in its tests;
+# abigail-tools: the ABI guard (make check-abi); mandoc: the man pages are
+# linted with it.  The tests that need one of these skip where it is absent.
+deps="autoconf automake libtool pkg-config make gcc g++ libcmocka-dev liburing-dev python3 qemu-utils nbdkit nbdkit-plugin-dev libnbd-bin python3-libnbd abigail-tools mandoc"
 missing=
 for p in $deps; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
