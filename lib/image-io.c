@@ -366,6 +366,17 @@ int ac_image_write_zeroes(struct addcow_image *img, uint64_t offset, uint64_t le
             r = st;
             break;
         }
+        /* A run can end inside a sector only at the backing file's end, where
+         * backing data gives way to zeros.  The zeros of that sector go out
+         * in one write (the bytes after the backing end read as zeros
+         * already): in two, a write to the sector from another thread could
+         * land between them and be left half zeroed, which no serial order
+         * of the two calls gives. */
+        uint64_t cut = (pos + run) & (AC_SECTOR_SIZE - 1);
+        if (cut != 0 && pos + run < end && !(st & ADDCOW_STATUS_ZERO)) {
+            uint64_t sector_end = pos + run + AC_SECTOR_SIZE - cut;
+            run = (sector_end < end ? sector_end : end) - pos;
+        }
         /* Unallocated with no backing data there: already reads as zeros. */
         if (!(st & ADDCOW_STATUS_ZERO)) {
             uint64_t a = (pos + AC_SECTOR_SIZE - 1) >> AC_SECTOR_SHIFT;

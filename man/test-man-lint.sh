@@ -1,5 +1,6 @@
 #!/bin/sh
-# Lints the manual pages: every page of man/ and the tool's tools/addcow.1
+# Lints the manual pages: every page of man/, the tool's tools/addcow.1
+# and the nbdkit plugin's plugins/nbdkit/nbdkit-addcow-plugin.1
 # go through `mandoc -T lint -W warning`, and any message (warning, error,
 # unsupported) fails.  Alias pages (".so man3/PAGE.3") are linted through
 # a man3/ folder, so that mandoc follows them to their page.  Then, for
@@ -69,6 +70,20 @@ if [ -f "$tool_page" ]; then
   else notok "mandoc lint tools/addcow.1 (exit $rc)"; echo "$out" | sed 's/^/#   /'; fi
 else
   notok "tools/addcow.1 is missing"
+fi
+plugin_page=$top_srcdir/plugins/nbdkit/nbdkit-addcow-plugin.1
+if [ -f "$plugin_page" ]; then
+  out=$(mandoc -T lint -W warning "$plugin_page" 2>&1)
+  rc=$?
+  if [ $rc -eq 0 ] && [ -z "$out" ]; then ok "mandoc lint plugins/nbdkit/nbdkit-addcow-plugin.1"
+  else notok "mandoc lint plugins/nbdkit/nbdkit-addcow-plugin.1 (exit $rc)"; echo "$out" | sed 's/^/#   /'; fi
+  if command -v groff >/dev/null 2>&1; then
+    out=$(groff -man -ww -z "$plugin_page" 2>&1)
+    if [ -z "$out" ]; then ok "groff -ww plugins/nbdkit/nbdkit-addcow-plugin.1"
+    else notok "groff -ww plugins/nbdkit/nbdkit-addcow-plugin.1"; echo "$out" | sed 's/^/#   /'; fi
+  fi
+else
+  notok "plugins/nbdkit/nbdkit-addcow-plugin.1 is missing"
 fi
 
 # groff too, where it is installed: it formats what man(1) shows, and

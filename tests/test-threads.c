@@ -175,6 +175,10 @@ static struct hooks {
     int trap_state;
     int trap_release;
     int trap_expired;
+    /* The count: image file writes and hole punches that touch
+     * [count_off, count_off + count_len). */
+    uint64_t count_off, count_len;
+    atomic_uint count_hits;
 } hk = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
 
 static void hook_reset(void)
@@ -186,7 +190,15 @@ static void hook_reset(void)
     hk.trap_state = TRAP_IDLE;
     hk.trap_release = 0;
     hk.trap_expired = 0;
+    hk.count_off = hk.count_len = 0;
+    atomic_store(&hk.count_hits, 0);
     pthread_mutex_unlock(&hk.mu);
+}
+
+static void hook_count(struct hook_file *h, uint64_t off, uint64_t len)
+{
+    if (h->role == ROLE_IMAGE && off < hk.count_off + hk.count_len && hk.count_off < off + len)
+        atomic_fetch_add(&hk.count_hits, 1);
 }
 
 static bool ends_with(const char *s, const char *suffix)
@@ -274,6 +286,7 @@ static ssize_t hook_pwritev(struct ac_file *f, const struct iovec *iov, int iovc
     if (h->role == ROLE_IMAGE && hk.image_write_delay_us != 0)
         usleep(hk.image_write_delay_us);
     hook_trap(h, 1, iov, iovcnt, offset);
+    hook_count(h, offset, iov_bytes(iov, iovcnt));
     return h->inner->ops->pwritev(h->inner, iov, iovcnt, offset);
 }
 
@@ -294,6 +307,7 @@ static int64_t hook_size(struct ac_file *f)
 
 static int hook_punch_hole(struct ac_file *f, uint64_t offset, uint64_t length)
 {
+    hook_count(hf(f), offset, length);
     return hf(f)->inner->ops->punch_hole(hf(f)->inner, offset, length);
 }
 
@@ -2214,6 +2228,75 @@ static void test_interleaved_allocation(void **state)
 #define NOLOCK_TEST(i) \
     { nl_cases[i].name, test_no_global_lock, NULL, NULL, (void *)&nl_cases[i] }
 
+/* ==== write_zeroes over the sector of the backing file's end ================= *
+ *
+ * That sector reads backing data up to the backing end and zeros after it,
+ * so the status walk of write_zeroes splits it in two runs.  Zeroing it
+ * must still be one write (or one hole punch) of the image file: in two,
+ * a write from another thread to the sector can land between them and be
+ * left half zeroed (test-threads' race-zeroes found this under valgrind:
+ * "thread 2's bytes [119,160): 4 its own, 37 from thread 0", the backing
+ * end being at byte 123 of the sector).  Counted in the hook backend, for
+ * an unallocated and an allocated sector, with and without MAY_UNMAP, and
+ * for ranges that start before the sector and end inside it or after it. */
+static void test_zeroes_backing_end_sector_one_write(void **state)
+{
+    (void)state;
+    const uint64_t size = 64 * SECTOR, bend_sector = 40, bsize = bend_sector * SECTOR + 123;
+    static const struct { uint64_t off, len; } ranges[] = {
+        { 40 * SECTOR, SECTOR },                /* the sector alone */
+        { 38 * SECTOR, 3 * SECTOR },            /* ends with it */
+        { 39 * SECTOR + 100, 2 * SECTOR },      /* partial at both ends */
+        { 40 * SECTOR, 24 * SECTOR },           /* to the end of the disk */
+    };
+    unsigned char buf[SECTOR];
+
+    for (unsigned k = 0; k < sizeof(ranges) / sizeof(ranges[0]); k++) {
+        for (unsigned v = 0; v < 4; v++) {
+            bool allocated = v & 1;
+            unsigned flags = v & 2 ? ADDCOW_ZEROES_MAY_UNMAP : 0;
+            struct fx f;
+            fx_make(&f, "bend", size, bsize, 7 + k * 4 + v);
+            hook_reset();
+            addcow_options *o = hook_options();
+            addcow_image *img = tu_open_ok(f.acow, ADDCOW_OPEN_RDWR, o);
+            if (allocated) {
+                memset(buf, 0x5a, sizeof(buf));
+                assert_int_equal(addcow_pwrite(img, buf, SECTOR, bend_sector * SECTOR), SECTOR);
+            }
+            pthread_mutex_lock(&hk.mu);
+            hk.count_off = bend_sector * SECTOR;
+            hk.count_len = SECTOR;
+            atomic_store(&hk.count_hits, 0);
+            pthread_mutex_unlock(&hk.mu);
+            int r = addcow_write_zeroes(img, ranges[k].off, ranges[k].len, flags);
+            unsigned hits = atomic_load(&hk.count_hits);
+            if (r != 0)
+                fail_msg("write_zeroes(%" PRIu64 ", %" PRIu64 ", %u): %d: %s", ranges[k].off,
+                         ranges[k].len, flags, r, addcow_last_error());
+            if (hits != 1)
+                fail_msg("write_zeroes(%" PRIu64 ", %" PRIu64 ", %s) over the backing end's "
+                         "sector (%s): %u image file writes or punches touch that sector, "
+                         "expected one", ranges[k].off, ranges[k].len,
+                         flags ? "MAY_UNMAP" : "0", allocated ? "allocated" : "unallocated",
+                         hits);
+            /* and the disk reads as the call says */
+            unsigned char *model = malloc(size);
+            assert_non_null(model);
+            memcpy(model, f.init, size);
+            if (allocated)
+                memset(model + bend_sector * SECTOR, 0x5a, SECTOR);
+            memset(model + ranges[k].off, 0, ranges[k].len);
+            check_disk(img, model, size, "after write_zeroes over the backing end");
+            free(model);
+            assert_int_equal(addcow_close(img), 0);
+            addcow_options_free(o);
+            hook_reset();
+            fx_free(&f);
+        }
+    }
+}
+
 int main(void)
 {
     struct sigaction sa;
@@ -2226,6 +2309,7 @@ int main(void)
         cmocka_unit_test(test_cow_race_partial),
         cmocka_unit_test(test_cow_race_whole_and_partial),
         cmocka_unit_test(test_cow_race_zeroes_and_partial),
+        cmocka_unit_test(test_zeroes_backing_end_sector_one_write),
         cmocka_unit_test(test_cow_race_delayed_backend),
         cmocka_unit_test(test_cow_race_cache_none),
         cmocka_unit_test(test_race_checker_catches_unlocked_rmw),
