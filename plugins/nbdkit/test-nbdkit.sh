@@ -21,7 +21,7 @@ tool=$top_builddir/tools/addcow
 export LD_LIBRARY_PATH=$top_builddir/lib/.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 if [ -n "${ADDCOW_SANITIZED:-}" ]; then
-  echo "SKIP: a $ADDCOW_SANITIZED build; nbdkit cannot load a sanitized plugin"; exit 77
+  echo "SKIP: built with $ADDCOW_SANITIZED; nbdkit cannot load a sanitized plugin"; exit 77
 fi
 for t in nbdkit qemu-img qemu-io nbdinfo; do
   command -v "$t" >/dev/null || { echo "SKIP: $t is not installed"; exit 77; }
