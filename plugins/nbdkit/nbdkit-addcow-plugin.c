@@ -92,6 +92,26 @@ static int addcow_config(const char *key, const char *value)
     return -1;
 }
 
+/* The library options of backend= and cache=, in *out (NULL on failure). */
+static int make_options(addcow_options **out)
+{
+    addcow_options *o = addcow_options_new();
+    *out = NULL;
+    if (o == NULL)
+        return -ENOMEM;
+    int r = 0;
+    if (backend != NULL)
+        r = addcow_options_set(o, "backend", backend);
+    if (r == 0 && cache != NULL)
+        r = addcow_options_set(o, "cache", cache);
+    if (r < 0) {
+        addcow_options_free(o);
+        return r;
+    }
+    *out = o;
+    return 0;
+}
+
 static int addcow_config_complete(void)
 {
     if (file == NULL) {
@@ -99,14 +119,8 @@ static int addcow_config_complete(void)
         return -1;
     }
     /* Check the option values now, with a clear message. */
-    addcow_options *o = addcow_options_new();
-    if (o == NULL)
-        return fail(-ENOMEM);
-    int r = 0;
-    if (backend != NULL)
-        r = addcow_options_set(o, "backend", backend);
-    if (r == 0 && cache != NULL)
-        r = addcow_options_set(o, "cache", cache);
+    addcow_options *o;
+    int r = make_options(&o);
     addcow_options_free(o);
     return r < 0 ? fail(r) : 0;
 }
@@ -120,14 +134,8 @@ static int addcow_config_complete(void)
 /* Opens the shared handle (with img_lock held). */
 static int open_image(bool readonly)
 {
-    addcow_options *o = addcow_options_new();
-    if (o == NULL)
-        return fail(-ENOMEM);
-    int r = 0;
-    if (backend != NULL)
-        r = addcow_options_set(o, "backend", backend);
-    if (r == 0 && cache != NULL)
-        r = addcow_options_set(o, "cache", cache);
+    addcow_options *o;
+    int r = make_options(&o);
     /* Under nbdkit -r every connection is read-only: no write lock then. */
     bool writable = !readonly_param && !readonly;
     if (r == 0)
